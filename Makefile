@@ -1,0 +1,53 @@
+# The two commands the README opens with: `make test` and `make demo`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS := postgresql,mysql,environ,prometheus
+PYTEST_ARGS ?=
+
+.PHONY: test lint typecheck pytest-all packaging demo system-deps clean
+
+## test: lint, type-check, the whole suite on PostgreSQL and on MariaDB, then packaging.
+test: system-deps $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) tests/dbservers.py --postgres --mysql -- $(MAKE) --no-print-directory pytest-all
+	$(VENV)/bin/tox -e packaging
+
+# Both runs always happen; the target fails if either failed.
+pytest-all:
+	@rc=0; \
+	echo "=== pytest on PostgreSQL ==="; \
+	DBPOOL_TEST_DATABASE=postgresql $(PY) -m pytest $(PYTEST_ARGS) || rc=1; \
+	echo "=== pytest on MariaDB ==="; \
+	DBPOOL_TEST_DATABASE=mysql $(PY) -m pytest $(PYTEST_ARGS) || rc=1; \
+	exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+packaging: $(STAMP)
+	$(VENV)/bin/tox -e packaging
+
+## demo: the example project on a throwaway PostgreSQL (or $$DATABASE_URL), served by gunicorn.
+demo: system-deps $(STAMP)
+	$(PY) example_project/demo.py
+
+# Server binaries and the mysqlclient build dependencies; installed with apt-get when root.
+system-deps:
+	@$(PYTHON) tests/dbservers.py ensure
+
+$(STAMP): setup.cfg pyproject.toml tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]' -r tests/requirements.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .tox .mypy_cache .ruff_cache .pytest_cache .hypothesis

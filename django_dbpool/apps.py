@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class DbPoolConfig(AppConfig):
+    name = "django_dbpool"
+    verbose_name = "Database connection pool"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Wiring only (checks, shutdown hook) as features land: no I/O, no database.
+        pass

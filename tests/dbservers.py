@@ -1,0 +1,553 @@
+"""Throwaway PostgreSQL and MariaDB servers for tests, the demo and benchmarks.
+
+Standard library only, so it runs before any virtualenv exists.
+
+Command line::
+
+    python tests/dbservers.py ensure                      # install missing server binaries
+    python tests/dbservers.py [--postgres] [--mysql] -- COMMAND [ARGS...]
+
+The second form starts the servers (both when neither flag is given), exports
+``DBPOOL_TEST_POSTGRES_URL`` / ``DBPOOL_TEST_MYSQL_URL`` to COMMAND, waits for it, then
+stops the servers and deletes their files whatever happened, and exits with COMMAND's
+status. A variable that is already set names a server to use instead: nothing is started
+for it.
+
+From Python::
+
+    with database_servers(postgres=True, mysql=False) as urls:
+        ...  # urls["DBPOOL_TEST_POSTGRES_URL"]
+
+PostgreSQL listens on 127.0.0.1 only, with SCRAM password authentication and TLS required
+(a self-signed certificate for 127.0.0.1/localhost, whose path is in the URL as
+``sslrootcert`` with ``sslmode=verify-full``). MariaDB listens on 127.0.0.1 only, with a
+password user. PostgreSQL refuses to run as root, so when started as root both servers run
+as an unprivileged system user, created on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+POSTGRES_URL_VAR = "DBPOOL_TEST_POSTGRES_URL"
+MYSQL_URL_VAR = "DBPOOL_TEST_MYSQL_URL"
+SERVER_USER = "dbpool"
+DATABASE_NAME = "dbpool"
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+
+# Debian packages that provide what the launcher and the mysqlclient build need.
+DEBIAN_PACKAGES = {
+    "postgresql": ["postgresql-15"],
+    "mariadb": ["mariadb-server-core", "mariadb-client-core"],
+    "mysqlclient build": ["libmariadb-dev", "pkg-config", "gcc"],
+    "openssl": ["openssl"],
+}
+
+
+class LauncherError(RuntimeError):
+    """A server could not be set up, started or reached."""
+
+
+# --- binaries ------------------------------------------------------------------------------
+
+
+def postgres_bindir() -> Path | None:
+    """The newest installed PostgreSQL server's bin directory, or None."""
+    candidates = sorted(
+        (Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin") if Path(p, "initdb").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if candidates:
+        return candidates[-1]
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def mariadb_binaries() -> tuple[str, str] | None:
+    """(install-db, server) executables, or None."""
+    install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    server = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin")
+    if install and server:
+        return install, server
+    return None
+
+
+def missing_packages() -> list[str]:
+    missing: list[str] = []
+    if postgres_bindir() is None:
+        missing += DEBIAN_PACKAGES["postgresql"]
+    if mariadb_binaries() is None or shutil.which("my_print_defaults") is None:
+        missing += DEBIAN_PACKAGES["mariadb"]
+    pkg_config = shutil.which("pkg-config")
+    has_client_lib = pkg_config is not None and (
+        subprocess.run(
+            [pkg_config, "--exists", "libmariadb"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+    if not has_client_lib or shutil.which("gcc") is None:
+        missing += DEBIAN_PACKAGES["mysqlclient build"]
+    if shutil.which("openssl") is None:
+        missing += DEBIAN_PACKAGES["openssl"]
+    return missing
+
+
+def ensure_packages() -> int:
+    """Install missing Debian packages when root; otherwise print the command to run."""
+    missing = missing_packages()
+    if not missing:
+        print("dbservers: PostgreSQL, MariaDB and build dependencies are present.")
+        return 0
+    command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    if os.geteuid() != 0:
+        print(
+            "dbservers: missing system packages. Run, as root:\n"
+            f"    apt-get update && {' '.join(command)}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"dbservers: installing {' '.join(missing)}", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run([*command[:2], "-q", *command[2:]], check=True, env=env)
+    still = missing_packages()
+    if still:
+        print(f"dbservers: still missing after install: {' '.join(still)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_account() -> pwd.struct_passwd | None:
+    """The unprivileged account servers run as when we are root (created if missing)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVER_USER,
+            ],
+            check=True,
+        )
+        return pwd.getpwnam(SERVER_USER)
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class _Server:
+    """Shared start/stop plumbing: a private directory and one foreground server process."""
+
+    name = "server"
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, base: Path, account: pwd.struct_passwd | None) -> None:
+        self.account = account
+        self.dir = base / self.name
+        self.dir.mkdir(mode=0o700)
+        self._own(self.dir)
+        self.port = free_port()
+        self.password = secrets.token_hex(16)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "server.log"
+
+    def _own(self, path: Path) -> None:
+        if self.account is not None:
+            os.chown(path, self.account.pw_uid, self.account.pw_gid)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def _run(self, args: list[str]) -> None:
+        result = subprocess.run(args, capture_output=True, check=False, **self._user_kwargs())
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).decode(errors="replace")
+            raise LauncherError(f"{self.name}: {' '.join(args[:2])} failed:\n{output[-3000:]}")
+
+    def _user_kwargs(self) -> dict[str, Any]:
+        if self.account is None:
+            return {}
+        return {"user": self.account.pw_uid, "group": self.account.pw_gid, "extra_groups": []}
+
+    def _spawn(self, args: list[str]) -> None:
+        log = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self._own(self.log)
+        self._log_handle = log
+        # A session of its own: a terminal Ctrl-C reaches the command we run, not the
+        # servers, which we then stop in order.
+        self.process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **self._user_kwargs(),
+        )
+
+    def _wait_ready(self, probe: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LauncherError(
+                    f"{self.name} exited with status {self.process.returncode} while starting:\n"
+                    f"{log_tail(self.log)}"
+                )
+            if probe():
+                return
+            time.sleep(0.1)
+        raise LauncherError(
+            f"{self.name} did not accept connections within {START_TIMEOUT:.0f} s:\n"
+            f"{log_tail(self.log)}"
+        )
+
+    def stop(self) -> None:
+        """Stop the server cleanly (forcefully after STOP_TIMEOUT). Idempotent."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(self.stop_signal)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        handle = getattr(self, "_log_handle", None)
+        if handle is not None:
+            handle.close()
+
+
+class PostgresServer(_Server):
+    name = "postgresql"
+    # SIGINT is PostgreSQL's "fast" shutdown: sessions are ended, then a clean checkpoint.
+    stop_signal = signal.SIGINT
+    superuser = "postgres"
+
+    def start(self) -> None:
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise LauncherError(
+                "PostgreSQL server binaries not found; run: python tests/dbservers.py ensure"
+            )
+        data = self.dir / "data"
+        pwfile = self.dir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
+        self._own(pwfile)
+        self._run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                self.superuser,
+                "--pwfile",
+                str(pwfile),
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
+        pwfile.unlink()
+        self._make_certificate()
+        (data / "pg_hba.conf").write_text(
+            # TLS is required on TCP; the local socket (inside our private directory) is
+            # only used by the launcher itself to create the database.
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n"
+        )
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# django_dbpool throwaway server\n"
+                "listen_addresses = '127.0.0.1'\n"
+                f"port = {self.port}\n"
+                f"unix_socket_directories = '{self.dir}'\n"
+                "ssl = on\n"
+                f"ssl_cert_file = '{self.dir / 'server.crt'}'\n"
+                f"ssl_key_file = '{self.dir / 'server.key'}'\n"
+                "max_connections = 300\n"
+                "fsync = off\n"
+                "synchronous_commit = off\n"
+                "full_page_writes = off\n"
+                "shared_buffers = 128MB\n"
+            )
+        self._spawn([str(bindir / "postgres"), "-D", str(data)])
+        self._wait_ready(lambda: self._ready(bindir))
+        self._run(
+            [
+                str(bindir / "createdb"),
+                "-h",
+                str(self.dir),
+                "-p",
+                str(self.port),
+                "-U",
+                self.superuser,
+                DATABASE_NAME,
+            ]
+        )
+
+    def _ready(self, bindir: Path) -> bool:
+        result = subprocess.run(
+            [str(bindir / "pg_isready"), "-q", "-h", str(self.dir), "-p", str(self.port)],
+            check=False,
+        )
+        return result.returncode == 0
+
+    def _make_certificate(self) -> None:
+        key, cert = self.dir / "server.key", self.dir / "server.crt"
+        result = subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "7",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise LauncherError(f"openssl failed:\n{result.stderr.decode(errors='replace')}")
+        key.chmod(0o600)
+        cert.chmod(0o644)
+        self._own(key)
+        self._own(cert)
+
+    @property
+    def url(self) -> str:
+        ca = quote(str(self.dir / "server.crt"))
+        return (
+            f"postgres://{self.superuser}:{self.password}@127.0.0.1:{self.port}/{DATABASE_NAME}"
+            f"?sslmode=verify-full&sslrootcert={ca}"
+        )
+
+
+class MariaDBServer(_Server):
+    name = "mariadb"
+    user = "dbpool"
+
+    def start(self) -> None:
+        binaries = mariadb_binaries()
+        if binaries is None:
+            raise LauncherError(
+                "MariaDB server binaries not found; run: python tests/dbservers.py ensure"
+            )
+        install_db, mariadbd = binaries
+        data = self.dir / "data"
+        self._run(
+            [
+                install_db,
+                "--no-defaults",
+                f"--datadir={data}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+                f"--tmpdir={self.dir}",
+            ]
+        )
+        init = self.dir / "init.sql"
+        # Runs at every start, before the server accepts connections.
+        init.write_text(
+            f"CREATE USER IF NOT EXISTS '{self.user}'@'%' IDENTIFIED BY '{self.password}';\n"
+            f"GRANT ALL PRIVILEGES ON *.* TO '{self.user}'@'%' WITH GRANT OPTION;\n"
+            f"CREATE DATABASE IF NOT EXISTS {DATABASE_NAME} CHARACTER SET utf8mb4;\n"
+        )
+        init.chmod(0o600)
+        self._own(init)
+        self._spawn(
+            [
+                mariadbd,
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.dir / 'mysqld.sock'}",
+                f"--pid-file={self.dir / 'mysqld.pid'}",
+                f"--init-file={init}",
+                f"--tmpdir={self.dir}",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--max-connections=500",
+                "--innodb-buffer-pool-size=128M",
+                "--innodb-flush-log-at-trx-commit=2",
+                "--innodb-use-native-aio=0",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_unicode_ci",
+            ]
+        )
+        self._wait_ready(self._ready)
+
+    def _ready(self) -> bool:
+        # Ready once the server sends its handshake: protocol version 10 after the
+        # 4-byte packet header.
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                return sock.recv(5)[4:5] == b"\x0a"
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"mysql://{self.user}:{self.password}@127.0.0.1:{self.port}/{DATABASE_NAME}"
+
+
+@contextlib.contextmanager
+def database_servers(postgres: bool = True, mysql: bool = True) -> Iterator[dict[str, str]]:
+    """Start the requested servers; yield their URLs by variable name; always clean up.
+
+    A server whose variable is already set in the environment is not started: the given
+    URL is yielded instead.
+    """
+    urls: dict[str, str] = {}
+    wanted: list[tuple[str, type[_Server]]] = []
+    choices: tuple[tuple[bool, str, type[_Server]], ...] = (
+        (postgres, POSTGRES_URL_VAR, PostgresServer),
+        (mysql, MYSQL_URL_VAR, MariaDBServer),
+    )
+    for enabled, var, cls in choices:
+        if not enabled:
+            continue
+        if os.environ.get(var):
+            urls[var] = os.environ[var]
+        else:
+            wanted.append((var, cls))
+    if not wanted:
+        yield urls
+        return
+    account = server_account()
+    base = Path(tempfile.mkdtemp(prefix="dbpool-servers-"))
+    base.chmod(0o755)
+    servers: list[_Server] = []
+    try:
+        for var, cls in wanted:
+            server = cls(base, account)
+            servers.append(server)
+            server.start()
+            urls[var] = server.url
+        yield urls
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for printing."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def interrupt_on_sigterm() -> None:
+    """Give SIGTERM the same orderly path as Ctrl-C: a KeyboardInterrupt in the main thread."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def wait_child(child: subprocess.Popen[bytes]) -> int:
+    """Wait for CHILD; on Ctrl-C or SIGTERM, interrupt it too and wait (kill after
+    STOP_TIMEOUT). Returns its exit status, 128+N when killed by signal N."""
+    try:
+        status = child.wait()
+    except KeyboardInterrupt:
+        # From a terminal the child already got the SIGINT; from SIGTERM it did not.
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGINT)
+        try:
+            status = child.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            status = child.wait()
+    return 128 - status if status < 0 else status
+
+
+def run(command: list[str], postgres: bool, mysql: bool) -> int:
+    """Run COMMAND with the servers up; return its exit status."""
+    interrupt_on_sigterm()
+    try:
+        with database_servers(postgres=postgres, mysql=mysql) as urls:
+            for var, url in urls.items():
+                print(f"dbservers: {var}={redact(url)}", flush=True)
+            return wait_child(subprocess.Popen(command, env={**os.environ, **urls}))
+    except LauncherError as exc:
+        print(f"dbservers: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["ensure"]:
+        return ensure_packages()
+    if "--" not in argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    flags, command = argv[:split], argv[split + 1 :]
+    unknown = set(flags) - {"--postgres", "--mysql"}
+    if unknown or not command:
+        print(__doc__, file=sys.stderr)
+        return 2
+    both = not flags
+    return run(command, postgres=both or "--postgres" in flags, mysql=both or "--mysql" in flags)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,80 @@
+"""Settings for the test suite: the real database named by DBPOOL_TEST_DATABASE.
+
+DBPOOL_TEST_DATABASE is ``postgresql`` (default) or ``mysql``; the server's URL comes from
+DBPOOL_TEST_POSTGRES_URL or DBPOOL_TEST_MYSQL_URL, which `make test` (through
+tests/dbservers.py) sets. A missing URL is an error, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+URL_VARIABLES = {
+    "postgresql": "DBPOOL_TEST_POSTGRES_URL",
+    "mysql": "DBPOOL_TEST_MYSQL_URL",
+}
+
+DATABASE_VENDOR = os.environ.get("DBPOOL_TEST_DATABASE", "postgresql")
+if DATABASE_VENDOR not in URL_VARIABLES:
+    raise ImproperlyConfigured(
+        f"DBPOOL_TEST_DATABASE={DATABASE_VENDOR!r} is not one of {sorted(URL_VARIABLES)}."
+    )
+DATABASE_URL = os.environ.get(URL_VARIABLES[DATABASE_VENDOR], "")
+if not DATABASE_URL:
+    raise ImproperlyConfigured(
+        f"{URL_VARIABLES[DATABASE_VENDOR]} is not set. Run the suite with `make test`, or "
+        "`python tests/dbservers.py -- python -m pytest`, or point the variable at a server."
+    )
+
+DATABASES = {"default": environ.Env.db_url_config(DATABASE_URL)}
+if DATABASE_VENDOR == "mysql":
+    DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+
+SECRET_KEY = "tests-only-not-a-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_dbpool",
+    "example_project.bank",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+SERVE_STATIC = False
+STATIC_URL = "/static/"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

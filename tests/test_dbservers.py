@@ -1,0 +1,155 @@
+"""The launcher starts real servers, secures them as promised, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import MySQLdb
+import psycopg
+import pytest
+
+from tests import dbservers
+
+
+def pg_params(url: str) -> dict[str, str]:
+    parts = urlsplit(url)
+    query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+    return {
+        "host": parts.hostname or "",
+        "port": str(parts.port),
+        "user": parts.username or "",
+        "password": parts.password or "",
+        "dbname": parts.path.lstrip("/"),
+        **query,
+    }
+
+
+def mysql_params(url: str) -> dict[str, object]:
+    parts = urlsplit(url)
+    return {
+        "host": parts.hostname,
+        "port": parts.port,
+        "user": parts.username,
+        "password": parts.password,
+        "database": parts.path.lstrip("/"),
+    }
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def fresh_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """No inherited server URLs, and a private TMPDIR the server user can enter."""
+    monkeypatch.delenv(dbservers.POSTGRES_URL_VAR, raising=False)
+    monkeypatch.delenv(dbservers.MYSQL_URL_VAR, raising=False)
+    tmp = tmp_path_factory.mktemp("launcher")
+    for path in (tmp, *tmp.parents):
+        if path == Path("/tmp"):
+            break
+        path.chmod(0o755)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    return tmp
+
+
+def test_launcher_starts_both_servers_with_tls_and_passwords_then_cleans_up(
+    fresh_environment: Path,
+) -> None:
+    with dbservers.database_servers(postgres=True, mysql=True) as urls:
+        pg_url, my_url = urls[dbservers.POSTGRES_URL_VAR], urls[dbservers.MYSQL_URL_VAR]
+        assert urlsplit(pg_url).hostname == urlsplit(my_url).hostname == "127.0.0.1"
+        server_dirs = list(fresh_environment.iterdir())
+        assert len(server_dirs) == 1
+        pids = [
+            int(p.read_text().split()[0])
+            for p in (
+                server_dirs[0] / "postgresql" / "data" / "postmaster.pid",
+                server_dirs[0] / "mariadb" / "mysqld.pid",
+            )
+        ]
+
+        # PostgreSQL: a verified TLS connection with SCRAM authentication.
+        params = pg_params(pg_url)
+        assert params["sslmode"] == "verify-full"
+        with psycopg.connect(**params) as conn:
+            ssl, version = conn.execute(
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            ).fetchone()
+            assert ssl is True
+            assert version.startswith("TLS")
+            (stored,) = conn.execute(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = current_user"
+            ).fetchone()
+            assert stored.startswith("SCRAM-SHA-256$")
+        # TLS is required, not merely offered, and the password is checked.
+        with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
+            psycopg.connect(**{**params, "sslmode": "disable"}).close()
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(**{**params, "password": "wrong"}).close()
+
+        # MariaDB: a password user that can create databases (the test runner needs it).
+        conn = MySQLdb.connect(**mysql_params(my_url))
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SELECT VERSION(), CURRENT_USER()")
+            version, user = cursor.fetchone()
+            assert "MariaDB" in version
+            assert user.startswith("dbpool@")
+            cursor.execute("CREATE DATABASE launcher_probe")
+            cursor.execute("DROP DATABASE launcher_probe")
+        finally:
+            conn.close()
+        with pytest.raises(MySQLdb.OperationalError, match="Access denied"):
+            MySQLdb.connect(**{**mysql_params(my_url), "password": "wrong"})
+
+        assert all(alive(pid) for pid in pids)
+
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids)
+    assert list(fresh_environment.iterdir()) == []
+
+
+def test_launcher_uses_given_servers_and_starts_nothing(
+    fresh_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given = {
+        dbservers.POSTGRES_URL_VAR: "postgres://u:p@127.0.0.1:1/db",
+        dbservers.MYSQL_URL_VAR: "mysql://u:p@127.0.0.1:2/db",
+    }
+    for var, url in given.items():
+        monkeypatch.setenv(var, url)
+    with dbservers.database_servers() as urls:
+        assert urls == given
+        assert list(fresh_environment.iterdir()) == []
+
+
+def test_launcher_stops_servers_when_the_body_fails(fresh_environment: Path) -> None:
+    def use_and_fail() -> None:
+        with dbservers.database_servers(mysql=False) as urls:
+            assert dbservers.POSTGRES_URL_VAR in urls
+            assert list(fresh_environment.iterdir()) != []
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        use_and_fail()
+    assert list(fresh_environment.iterdir()) == []
+
+
+def test_redact_hides_the_password() -> None:
+    url = "postgres://app:s3cr%40t@db:5432/app?sslmode=require"
+    assert dbservers.redact(url) == "postgres://app:***@db:5432/app?sslmode=require"
