@@ -54,7 +54,8 @@ STOP_TIMEOUT = 30.0
 # Debian packages that provide what the launcher and the mysqlclient build need.
 DEBIAN_PACKAGES = {
     "postgresql": ["postgresql-15"],
-    "mariadb": ["mariadb-server-core", "mariadb-client-core"],
+    # mariadb-client has mysqldump, which Django uses to clone test databases.
+    "mariadb": ["mariadb-server-core", "mariadb-client-core", "mariadb-client"],
     "mysqlclient build": ["libmariadb-dev", "pkg-config", "gcc"],
     "openssl": ["openssl"],
 }
@@ -92,7 +93,9 @@ def missing_packages() -> list[str]:
     missing: list[str] = []
     if postgres_bindir() is None:
         missing += DEBIAN_PACKAGES["postgresql"]
-    if mariadb_binaries() is None or shutil.which("my_print_defaults") is None:
+    if mariadb_binaries() is None or not all(
+        shutil.which(tool) for tool in ("my_print_defaults", "mysqldump")
+    ):
         missing += DEBIAN_PACKAGES["mariadb"]
     pkg_config = shutil.which("pkg-config")
     has_client_lib = pkg_config is not None and (
