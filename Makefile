@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := postgresql,mysql,environ,prometheus
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest-all packaging demo system-deps clean
+.PHONY: test lint typecheck pytest-all packaging demo bench-pool system-deps clean
 
 ## test: lint, type-check, the whole suite on PostgreSQL and on MariaDB, then packaging.
 test: system-deps $(STAMP)
@@ -38,6 +38,11 @@ packaging: $(STAMP)
 ## demo: the example project on a throwaway PostgreSQL (or $$DATABASE_URL), served by gunicorn.
 demo: system-deps $(STAMP)
 	$(PY) example_project/demo.py
+
+## bench-pool: the pool's own overhead against psycopg_pool and SQLAlchemy (no server needed).
+bench-pool: $(STAMP)
+	$(PY) -m pip install -q -r benchmarks/requirements.txt
+	$(PY) benchmarks/pool_cycle.py
 
 # Server binaries and the mysqlclient build dependencies; installed with apt-get when root.
 system-deps:

@@ -1,0 +1,232 @@
+"""Pool overhead: acquire + release of a no-op connection, against the alternatives.
+
+Run ``python benchmarks/pool_cycle.py`` (deps: benchmarks/requirements.txt; no server). It
+compares django_dbpool's Pool with psycopg_pool's ConnectionPool (getconn/putconn) and
+SQLAlchemy's QueuePool (connect/close), all over fake connections that do no I/O, in two
+scenarios:
+
+* single: one thread, acquire+release in a loop (per-cycle cost of the pool itself);
+* contended: 16 threads sharing 4 connections for a fixed time after a short warm-up
+  (throughput, and fairness as the ratio of the most to the least completions of a thread).
+
+Runs alternate between pools (A B C A B C ...) so that machine noise hits all of them alike;
+each figure is the median of the runs. Prints a markdown table. Takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# (acquire, release) for one pool
+Ops = tuple[Callable[[], Any], Callable[[Any], None]]
+
+
+class _NoOp:
+    """A connection that does nothing, with what each pool under test touches."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def rollback(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def cursor(self) -> Any:
+        raise NotImplementedError
+
+
+def make_dbpool(max_size: int) -> tuple[Ops, Callable[[], None]]:
+    from django_dbpool.pool import Pool
+
+    class Adapter:
+        def is_alive(self, conn: _NoOp) -> bool:
+            return True
+
+        def needs_reset(self, conn: _NoOp) -> bool:
+            return False
+
+        def reset(self, conn: _NoOp) -> None:
+            pass
+
+        def close(self, conn: _NoOp) -> None:
+            conn.close()
+
+    pool: Pool[_NoOp] = Pool(_NoOp, Adapter(), {"MAX_SIZE": max_size}, name="bench")
+    warm = [pool.acquire() for _ in range(max_size)]
+    for conn in warm:
+        pool.release(conn)
+    return (pool.acquire, pool.release), lambda: pool.close(timeout=0)
+
+
+def make_psycopg_pool(max_size: int) -> tuple[Ops, Callable[[], None]]:
+    from psycopg import pq
+    from psycopg_pool import ConnectionPool
+
+    class _PGconn:
+        transaction_status = pq.TransactionStatus.IDLE
+
+    class FakePsycopgConnection(_NoOp):
+        """Enough of psycopg.Connection for getconn/putconn without a server."""
+
+        def __init__(self) -> None:
+            self.pgconn = _PGconn()
+            self._pool = None
+
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> FakePsycopgConnection:
+            return cls()
+
+    pool: Any = ConnectionPool(
+        "",
+        connection_class=FakePsycopgConnection,
+        min_size=max_size,
+        max_size=max_size,
+        open=True,
+    )
+    pool.wait(timeout=30)
+    return (pool.getconn, pool.putconn), lambda: pool.close(timeout=5)
+
+
+def make_sqlalchemy(max_size: int) -> tuple[Ops, Callable[[], None]]:
+    from sqlalchemy.pool import QueuePool
+
+    pool = QueuePool(_NoOp, pool_size=max_size, max_overflow=0, timeout=30)
+    warm = [pool.connect() for _ in range(max_size)]
+    for conn in warm:
+        conn.close()
+
+    def release(conn: Any) -> None:
+        conn.close()
+
+    return (pool.connect, release), pool.dispose
+
+
+POOLS: dict[str, Callable[[int], tuple[Ops, Callable[[], None]]]] = {
+    "django_dbpool": make_dbpool,
+    "psycopg_pool": make_psycopg_pool,
+    "SQLAlchemy QueuePool": make_sqlalchemy,
+}
+
+
+def run_single(ops: Ops, cycles: int) -> float:
+    """Seconds per acquire+release cycle, one thread."""
+    acquire, release = ops
+    gc.collect()
+    start = time.perf_counter()
+    for _ in range(cycles):
+        release(acquire())
+    return (time.perf_counter() - start) / cycles
+
+
+def run_contended(
+    ops: Ops, threads: int, duration: float, warmup: float
+) -> tuple[float, list[int]]:
+    """Cycles per second and completions per thread, over ``duration`` of steady state.
+
+    The first ``warmup`` seconds are not counted: while threads are still starting, the first
+    ones run alone and any pool lets them cycle freely, which says nothing about hand-off.
+    """
+    acquire, release = ops
+    counts = [0] * threads
+    stop = threading.Event()
+    barrier = threading.Barrier(threads + 1)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        while not stop.is_set():
+            release(acquire())
+            counts[i] += 1
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    gc.collect()
+    barrier.wait()
+    stop.wait(warmup)
+    before = counts[:]
+    start = time.perf_counter()
+    stop.wait(duration)
+    after = counts[:]
+    elapsed = time.perf_counter() - start
+    stop.set()
+    for t in workers:
+        t.join()
+    done = [b - a for a, b in zip(before, after, strict=True)]
+    return sum(done) / elapsed, done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="runs per pool and scenario")
+    parser.add_argument("--cycles", type=int, default=100_000, help="single-thread cycles")
+    parser.add_argument("--duration", type=float, default=1.0, help="contended run, seconds")
+    parser.add_argument("--warmup", type=float, default=0.3, help="uncounted start, seconds")
+    args = parser.parse_args()
+    threads, shared = 16, 4
+
+    single: dict[str, list[float]] = {name: [] for name in POOLS}
+    throughput: dict[str, list[float]] = {name: [] for name in POOLS}
+    fairness: dict[str, list[float]] = {name: [] for name in POOLS}
+    for round_ in range(args.rounds):
+        for name, make in POOLS.items():  # alternate: A B C A B C ...
+            ops, close = make(1)
+            try:
+                single[name].append(run_single(ops, args.cycles))
+            finally:
+                close()
+        for name, make in POOLS.items():
+            ops, close = make(shared)
+            try:
+                rate, counts = run_contended(ops, threads, args.duration, args.warmup)
+            finally:
+                close()
+            throughput[name].append(rate)
+            fairness[name].append(max(counts) / min(counts) if min(counts) else float("inf"))
+        print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+
+    us = {name: statistics.median(v) * 1e6 for name, v in single.items()}
+    rate = {name: statistics.median(v) for name, v in throughput.items()}
+    fair = {name: statistics.median(v) for name, v in fairness.items()}
+    others = [name for name in POOLS if name != "django_dbpool"]
+
+    print(
+        f"\nPython {sys.version.split()[0]}, medians of {args.rounds} alternating runs; "
+        f"no-op connections, no I/O.\n"
+    )
+    header = "| scenario | pool | µs per cycle | cycles/s | "
+    header += " | ".join(f"django_dbpool vs {o}" for o in others) + " | per-thread max/min |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for name in POOLS:
+        ratios = " | ".join(
+            f"{us['django_dbpool'] / us[o]:.2f}x time" if name == "django_dbpool" else ""
+            for o in others
+        )
+        print(f"| 1 thread | {name} | {us[name]:.2f} | {1e6 / us[name]:,.0f} | {ratios} | |")
+    for name in POOLS:
+        ratios = " | ".join(
+            f"{rate['django_dbpool'] / rate[o]:.2f}x throughput" if name == "django_dbpool" else ""
+            for o in others
+        )
+        print(
+            f"| {threads} threads / {shared} conns | {name} | {1e6 / rate[name]:.2f} | "
+            f"{rate[name]:,.0f} | {ratios} | {fair[name]:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Private records of the pool: slots, waiters, holder locations, backoff."""
+
+from __future__ import annotations
+
+import linecache
+import random
+import threading
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Generic, TypeVar
+
+C = TypeVar("C")
+
+#: Where a connection was acquired: frames as (code, bytecode offset), innermost first. The
+#: offset (``f_lasti``) is free to read; the line number is worked out only for a warning.
+Stack = tuple[tuple[CodeType, int], ...]
+#: Who holds a checked-out connection: thread, caller code and offset, holder_info, stack.
+Holder = tuple[threading.Thread, CodeType, int, str | None, Stack | None]
+
+_STACK_LIMIT = 40
+BACKOFF_BASE = 0.05
+
+
+class Slot(Generic[C]):
+    """One physical connection and its bookkeeping; mutated only under the pool lock."""
+
+    __slots__ = (
+        "acquired_at",
+        "conn",
+        "created",
+        "expires",
+        "holder",
+        "last_ok",
+        "last_used",
+        "leak_warned",
+    )
+
+    def __init__(self, conn: C, created: float, lifetime: float) -> None:
+        self.conn = conn
+        self.created = created
+        # Jitter (up to 2.5 %) spreads the retirement of connections opened together.
+        self.expires = created + lifetime * (1.0 - 0.025 * random.random())
+        # last_used orders the idle list and drives MAX_IDLE; last_ok (last release or
+        # successful probe) drives VALIDATE_AFTER. A keepalive probe refreshes only last_ok,
+        # so probed connections still age out through MAX_IDLE.
+        self.last_used = created
+        self.last_ok = created
+        self.acquired_at = 0.0
+        self.holder: Holder | None = None
+        self.leak_warned = False
+
+
+class Waiter(Generic[C]):
+    """A queued caller. ``wakeup`` is a lock created held; whoever serves the waiter releases
+    it, so each waiter sleeps on its own primitive and a hand-off wakes exactly one thread."""
+
+    __slots__ = ("error", "holder", "since", "slot", "wakeup")
+
+    def __init__(self, holder: Holder, since: float) -> None:
+        # Looked up through the module at call time so gevent's monkey-patching applies.
+        self.wakeup = threading.Lock()
+        self.wakeup.acquire()
+        self.holder = holder
+        self.since = since
+        self.slot: Slot[C] | None = None
+        self.error: BaseException | None = None
+
+
+def capture_stack(frame: FrameType | None) -> Stack:
+    """Cheap stack capture: code objects and offsets only, formatted on demand."""
+    frames: list[tuple[CodeType, int]] = []
+    while frame is not None and len(frames) < _STACK_LIMIT:
+        frames.append((frame.f_code, frame.f_lasti))
+        frame = frame.f_back
+    return tuple(frames)
+
+
+def format_holder(holder: Holder) -> str:
+    """Thread, tag and acquisition place (full stack when captured), for log messages."""
+    thread, code, offset, info, stack = holder
+    text = f"thread {thread.name!r}"
+    if info:
+        text += f" [{info}]"
+    if stack:
+        lines = [_frame_line(c, n) for c, n in reversed(stack)]
+        return text + ", acquired at (most recent call last):\n" + "\n".join(lines)
+    return text + ", acquired at:\n" + _frame_line(code, offset)
+
+
+def _frame_line(code: CodeType, offset: int) -> str:
+    line = _line_number(code, offset)
+    text = f'  File "{code.co_filename}", line {line}, in {code.co_name}'
+    source = linecache.getline(code.co_filename, line).strip()
+    return f"{text}\n    {source}" if source else text
+
+
+def _line_number(code: CodeType, offset: int) -> int:
+    for start, end, line in code.co_lines():
+        if start <= offset < end and line is not None:
+            return line
+    return code.co_firstlineno
+
+
+def backoff_delay(failures: int, cap: float, uniform: Callable[[float, float], float]) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(failures-1))]."""
+    exponent = min(failures - 1, 30)
+    return uniform(0.0, min(cap, BACKOFF_BASE * (2.0**exponent)))

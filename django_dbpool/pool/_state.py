@@ -1,0 +1,213 @@
+"""The pool's state and the bookkeeping done under its lock.
+
+Locking: one lock (``_lock``) guards all of it. It is held only for bookkeeping, never while
+connecting, probing, resetting or closing a connection, so a slow or hanging database call
+delays only the thread that makes it. Methods named ``*_locked``, and the ones whose comment
+says so, expect the lock held.
+
+The bound: checked-out, idle and in-maintenance connections (being probed, reset or closed)
+all count in ``_size`` until they are really closed, and the connector reserves its place in
+``_opening`` under the lock before it connects; so ``_size + _opening <= max_size`` holds
+under any interleaving.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+from . import _fork
+from ._records import Holder, Slot, Waiter
+from .adapter import ConnectionAdapter
+from .errors import PoolTimeout, PoolUnavailable
+from .options import PoolOptions
+from .stats import CLOSE_REASONS, Histogram
+
+logger = logging.getLogger("django_dbpool.pool")
+
+C = TypeVar("C")
+
+
+class PoolState(Generic[C]):
+    def __init__(
+        self,
+        connect: Callable[[], C],
+        adapter: ConnectionAdapter[C],
+        options: PoolOptions | Mapping[str, Any] | None = None,
+        *,
+        name: str = "default",
+        holder_info: Callable[[], str | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(options, PoolOptions):
+            options = PoolOptions.from_mapping(options)
+        self.name = name
+        self.options = options
+        self._connect = connect
+        self._adapter = adapter
+        self._holder_info = holder_info
+        self._clock = clock
+        self._closed = False
+        self._reset_state()
+        _fork.register(self)
+
+    def _reset_state(self) -> None:
+        # Runs at construction and in a forked child: every primitive is created here,
+        # looked up through the threading module at call time so that gevent's
+        # monkey-patching applies even when this module was imported before patching.
+        self._lock = threading.Lock()
+        self._connector_wake = threading.Condition(self._lock)
+        self._housekeeper_wake = threading.Condition(self._lock)  # notified only by close()
+        self._drained = threading.Condition(self._lock)  # a checked-out slot left after close
+        self._random = random.Random()  # not shared with a parent process
+        self._idle: deque[Slot[C]] = deque()  # right end = most recently used
+        self._out: dict[int, Slot[C]] = {}  # id(conn) -> slot, for checked-out connections
+        self._all: set[Slot[C]] = set()  # every open connection, for the fork hand-over
+        self._waiters: deque[Waiter[C]] = deque()
+        self._size = 0
+        self._opening = 0
+        self._started = False
+        self._failures = 0
+        self._unavailable = False
+        self._last_error: BaseException | None = None
+        self._abort_drain = False
+        self._returned_after_close = 0
+        self._acquired = 0
+        self._timeouts = 0
+        self._exhausted = 0
+        self._unavailable_count = 0
+        self._opened = 0
+        self._closed_counts = dict.fromkeys(CLOSE_REASONS, 0)
+        self._connect_errors = 0
+        self._validations = 0
+        self._validations_failed = 0
+        self._leaks = 0
+        self._orphans = 0
+        self._wait_hist = Histogram()
+        self._hold_hist = Histogram()
+        self._connect_hist = Histogram()
+        # Hot-path copies of options, read as plain attributes.
+        self._validate_after = self.options.validate_after
+        self._bare_holder = self._holder_info is None and not self.options.leak_timeout
+
+    def _after_fork_in_child(self) -> None:
+        _fork.keep_forever([slot.conn for slot in self._all])
+        self._reset_state()
+
+    # -- hand-out and return (lock held) ------------------------------------------------------
+
+    def _register(self, slot: Slot[C], holder: Holder, now: float, start: float) -> None:
+        # Lock held. Records a checkout that did not go through the fast path.
+        slot.acquired_at = now
+        slot.holder = holder
+        slot.leak_warned = False
+        self._out[id(slot.conn)] = slot
+        self._acquired += 1
+        self._wait_hist.observe(max(now - start, 0.0))
+
+    def _give(self, waiter: Waiter[C], slot: Slot[C], now: float) -> None:
+        # Lock held. Direct hand-off: the slot is registered for the waiter before it wakes,
+        # so the releasing thread can never take it back and the waiter needs no lock to run.
+        self._register(slot, waiter.holder, now, waiter.since)
+        waiter.slot = slot
+        waiter.wakeup.release()
+
+    def _put_locked(self, slot: Slot[C], now: float) -> bool:
+        # Hands an owned, usable slot to the oldest waiter, else makes it idle at its place in
+        # last-used order. False if the pool is closed: the caller must close the slot.
+        if self._closed:
+            return False
+        if self._waiters:
+            self._give(self._waiters.popleft(), slot, now)
+            return True
+        idle = self._idle
+        i = len(idle)
+        while i and idle[i - 1].last_used > slot.last_used:
+            i -= 1
+        idle.insert(i, slot)
+        return True
+
+    def _mark_suspects_locked(self, created: float) -> None:
+        # One dead connection usually means the server restarted or a middlebox dropped its
+        # state: every idle connection at least as old gets probed before it is handed out.
+        for other in self._idle:
+            if other.created <= created:
+                other.last_ok = float("-inf")
+
+    # -- connection I/O (lock not held) -------------------------------------------------------
+
+    def _probe(self, slot: Slot[C]) -> bool:
+        """Probe a slot we own; a dead one is closed (and its elders marked suspect)."""
+        try:
+            alive = bool(self._adapter.is_alive(slot.conn))
+        except Exception:
+            logger.debug("pool %r: probe raised", self.name, exc_info=True)
+            alive = False
+        with self._lock:
+            self._validations += 1
+            if alive:
+                slot.last_ok = self._clock()
+            else:
+                self._validations_failed += 1
+                self._mark_suspects_locked(slot.created)
+        if not alive:
+            logger.info("pool %r: discarding a dead connection", self.name)
+            self._close_slot(slot, "broken")
+        return alive
+
+    def _close_slot(self, slot: Slot[C], reason: str) -> None:
+        # Closing may block on the network, so it runs off the lock; the slot counts in
+        # _size until it is really closed, so the bound covers connections being closed.
+        try:
+            self._adapter.close(slot.conn)
+        except Exception:
+            logger.debug("pool %r: error closing a connection", self.name, exc_info=True)
+        with self._lock:
+            self._size -= 1
+            self._all.discard(slot)
+            self._closed_counts[reason] += 1
+            self._wake_connector_locked()
+
+    # -- connector demand (lock held) ---------------------------------------------------------
+
+    def _needs_connection(self) -> bool:
+        # Open only on demand: waiters, MIN_SIZE, or the fail-fast state (the connector keeps
+        # trying then, so that the pool recovers without a caller having to wait for it).
+        total = self._size + self._opening
+        if total >= self.options.max_size or self._closed:
+            return False
+        return (
+            len(self._waiters) > self._opening or total < self.options.min_size or self._unavailable
+        )
+
+    def _wake_connector_locked(self) -> None:
+        if self._started and self._needs_connection():
+            self._connector_wake.notify()
+
+    # -- errors (lock held, so the state they describe is consistent) ------------------------
+
+    def _timeout_error(self, waited: float) -> PoolTimeout:
+        msg = (
+            f"pool {self.name!r}: no connection available after waiting {waited:g} s "
+            f"(size {self._size}, in use {self._size - len(self._idle)}, "
+            f"waiting {len(self._waiters)}, max {self.options.max_size}). Raise MAX_SIZE (or "
+            "TIMEOUT), look for connections held too long or never returned (set "
+            "LEAK_TIMEOUT to log them), or check that the database accepts connections."
+        )
+        if self._last_error is not None:
+            msg += f" Last connect error: {self._last_error!r}."
+        return PoolTimeout(msg)
+
+    def _unavailable_error(self) -> PoolUnavailable:
+        err = PoolUnavailable(
+            f"pool {self.name!r}: the database is unavailable, {self._failures} consecutive "
+            f"connects failed (FAIL_FAST_AFTER={self.options.fail_fast_after}); retrying in "
+            f"the background. Last error: {self._last_error!r}"
+        )
+        err.__cause__ = self._last_error
+        return err

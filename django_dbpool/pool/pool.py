@@ -1,0 +1,383 @@
+"""The connection pool: acquire, release, close and stats.
+
+State and locking are described in ``_state``; the background threads live in
+``_maintenance``. The checkout and return fast paths are written out inline on purpose: they
+run on every database use and cost about a microsecond and a half together.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from bisect import bisect_left
+from types import FrameType, TracebackType
+from typing import Generic, TypeVar
+
+from . import _fork
+from ._maintenance import Maintenance
+from ._records import Holder, Slot, Waiter, capture_stack
+from .errors import PoolClosed, PoolExhausted
+from .stats import BUCKETS_SECONDS, CloseResult, PoolStats, closed_mapping
+
+__all__ = ["Pool"]
+
+logger = logging.getLogger("django_dbpool.pool")
+
+C = TypeVar("C")
+
+_getframe = sys._getframe
+
+
+class Pool(Maintenance[C]):
+    """A bounded, fair, fork-safe pool of connections made by ``connect``.
+
+    ``Pool(connect, adapter, options=None, *, name="default", holder_info=None)``:
+    ``connect()`` opens a new connection (called from a background thread); ``adapter``
+    probes, resets and closes connections (see
+    :class:`~django_dbpool.pool.adapter.ConnectionAdapter`); ``options`` is a
+    :class:`~django_dbpool.pool.options.PoolOptions` or the ``POOL`` mapping of upper-case
+    settings; ``name`` (the database alias) appears in log messages and stats;
+    ``holder_info``, if given, is called at each acquire and what it returns (a request tag,
+    say) is included in leak and orphan warnings. A ``clock`` argument replaces
+    ``time.monotonic`` for connection ages (tests).
+
+    Nothing connects at construction: the first acquire that finds no idle connection starts
+    the background connector and housekeeper. All methods are thread-safe.
+    """
+
+    def acquire(self, timeout: float | None = None, *, stacklevel: int = 1) -> C:
+        """Check a connection out; the caller must :meth:`release` it exactly once.
+
+        Waits at most ``timeout`` seconds (default ``TIMEOUT``), first in first out. A
+        connection idle longer than ``VALIDATE_AFTER`` is probed first; dead ones are replaced
+        transparently.
+
+        Raises :class:`PoolTimeout` when the wait runs out, :class:`PoolExhausted` at once when
+        ``MAX_WAITING`` callers already wait, :class:`PoolUnavailable` at once while the
+        database refuses connections, :class:`PoolClosed` after :meth:`close`.
+
+        ``stacklevel`` picks the frame recorded as the place of acquisition in leak and orphan
+        warnings, as in :func:`warnings.warn`: 1 is the caller of ``acquire``.
+        """
+        caller = _getframe(stacklevel)
+        now = self._clock()
+        # Always-on holder record, about 0.2 µs: the thread, and the caller's code and
+        # bytecode offset (its line number is computed only if a warning needs it).
+        if self._bare_holder:
+            holder: Holder = (
+                threading.current_thread(),
+                caller.f_code,
+                caller.f_lasti,
+                None,
+                None,
+            )
+        else:
+            holder = self._full_holder(caller)
+        with self._lock:
+            # Fast path. Closing empties _idle, so no closed check is needed here.
+            if self._idle:
+                slot = self._idle.pop()
+                if now - slot.last_ok < self._validate_after and now < slot.expires:
+                    slot.acquired_at = now
+                    slot.holder = holder
+                    slot.leak_warned = False
+                    self._out[id(slot.conn)] = slot
+                    self._acquired += 1
+                    return slot.conn
+            else:
+                slot = None
+        return self._checkout_slow(slot, timeout, holder, now)
+
+    def release(self, conn: C, broken: bool = False) -> None:
+        """Return a checked-out connection.
+
+        Pass ``broken=True`` when the connection must not be reused (the driver reported it
+        lost); it is closed and replaced. A connection inside a transaction or in an error
+        state is reset first; if that fails it is closed. The connection goes straight to the
+        oldest waiter if there is one.
+
+        Not idempotent: releasing a connection that is not checked out from this pool raises
+        ``ValueError``, except after :meth:`close` (force-closed connections) and in a forked
+        child (inherited connections), where it is ignored.
+        """
+        reason: str | None = "broken" if broken else None
+        if reason is None:
+            try:
+                # needs_reset only reads local state: harmless even on a connection that turns
+                # out not to be ours. reset does I/O, so _reset checks ownership first.
+                if self._adapter.needs_reset(conn):
+                    reason = self._reset(conn)
+            except Exception:
+                logger.warning("pool %r: reset check failed", self.name, exc_info=True)
+                reason = "reset_failed"
+        now = self._clock()
+        with self._lock:
+            slot = self._out.pop(id(conn), None)
+            if slot is not None:
+                # Histogram.observe inlined: this is the hot path.
+                held = now - slot.acquired_at
+                hist = self._hold_hist
+                hist.counts[bisect_left(BUCKETS_SECONDS, held)] += 1
+                hist.sum += held
+                if held > hist.max:
+                    hist.max = held
+                if reason is None and now < slot.expires and not self._closed:
+                    slot.last_used = slot.last_ok = now
+                    if self._waiters:
+                        self._give(self._waiters.popleft(), slot, now)
+                    else:
+                        self._idle.append(slot)
+                    return
+                if self._closed:
+                    reason = "shutdown"
+                    self._returned_after_close += 1
+                    self._drained.notify_all()
+                elif reason is None:
+                    reason = "lifetime"
+                elif reason == "broken":
+                    self._mark_suspects_locked(slot.created)
+        if slot is None:
+            self._release_unknown(conn)
+            return
+        assert reason is not None
+        self._close_slot(slot, reason)
+
+    def connection(self, timeout: float | None = None) -> _Lease[C]:
+        """Context manager: ``with pool.connection() as conn:`` acquires and always releases.
+
+        Same waiting and errors as :meth:`acquire`. An exception in the block does not mark
+        the connection broken (the reset on release rolls back an open transaction); use
+        :meth:`acquire` and ``release(conn, broken=True)`` to report a lost connection.
+        """
+        return _Lease(self, timeout)
+
+    def close(self, timeout: float | None = None, *, force: bool = True) -> CloseResult:
+        """Close the pool. Idempotent and thread-safe.
+
+        New acquires and queued callers get :class:`PoolClosed`; idle connections close at
+        once; checked-out ones close as they are released. The call waits up to ``timeout``
+        seconds (default ``DRAIN_TIMEOUT``; 0 does not wait) for them to come back; then, if
+        ``force``, it closes those still out under their holders (whose later ``release`` is
+        ignored), else it leaves them to close on release. A second call while the first is
+        still waiting ends that wait at once (and, if ``force``, force-closes right away).
+        Returns what this call did.
+        """
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+            self._abort_drain = not first
+            waiters = list(self._waiters)
+            self._waiters.clear()
+            for waiter in waiters:
+                waiter.error = PoolClosed(f"pool {self.name!r} was closed while waiting")
+                waiter.wakeup.release()
+            idle = list(self._idle)
+            self._idle.clear()
+            self._connector_wake.notify_all()
+            self._housekeeper_wake.notify_all()
+            self._drained.notify_all()
+        for slot in idle:
+            self._close_slot(slot, "shutdown")
+        closed = len(idle)
+        drain = self.options.drain_timeout if timeout is None else max(timeout, 0.0)
+        deadline = time.monotonic() + drain
+        forced: list[Slot[C]] = []
+        with self._lock:
+            if first:
+                while self._out and not self._abort_drain:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._drained.wait(remaining)
+                closed += self._returned_after_close
+            if force:
+                forced = list(self._out.values())
+                self._out.clear()
+            pending = len(self._out)
+        for slot in forced:
+            self._close_slot(slot, "shutdown")
+        if first or forced:
+            logger.info(
+                "pool %r closed: %d connections closed, %d force-closed, %d still out",
+                self.name,
+                closed,
+                len(forced),
+                pending,
+            )
+        return CloseResult(closed=closed, force_closed=len(forced), pending=pending)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
+    def stats(self) -> PoolStats:
+        """A consistent, immutable snapshot of the gauges, counters and histograms."""
+        with self._lock:
+            idle = len(self._idle)
+            return PoolStats(
+                name=self.name,
+                size=self._size,
+                idle=idle,
+                in_use=self._size - idle,
+                waiting=len(self._waiters),
+                opening=self._opening,
+                min_size=self.options.min_size,
+                max_size=self.options.max_size,
+                unavailable_now=self._unavailable,
+                acquired=self._acquired,
+                timeouts=self._timeouts,
+                exhausted=self._exhausted,
+                unavailable=self._unavailable_count,
+                opened=self._opened,
+                closed=closed_mapping(self._closed_counts),
+                connect_errors=self._connect_errors,
+                validations=self._validations,
+                validations_failed=self._validations_failed,
+                leaks=self._leaks,
+                orphans_reclaimed=self._orphans,
+                # Fast-path checkouts waited zero seconds and are not recorded one by one.
+                wait_seconds=self._wait_hist.snapshot(self._acquired - self._wait_hist.count()),
+                hold_seconds=self._hold_hist.snapshot(),
+                connect_seconds=self._connect_hist.snapshot(),
+            )
+
+    def __enter__(self) -> Pool[C]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"size={self._size} idle={len(self._idle)}"
+        return f"<{type(self).__name__} {self.name!r} {state} max={self.options.max_size}>"
+
+    # -- checkout ------------------------------------------------------------------------
+
+    def _full_holder(self, caller: FrameType) -> Holder:
+        return (
+            threading.current_thread(),
+            caller.f_code,
+            caller.f_lasti,
+            None if self._holder_info is None else self._holder_info(),
+            # The full stack only when someone will read it: LEAK_TIMEOUT is set.
+            capture_stack(caller) if self.options.leak_timeout else None,
+        )
+
+    def _checkout_slow(
+        self, slot: Slot[C] | None, timeout: float | None, holder: Holder, start: float
+    ) -> C:
+        if timeout is None:
+            timeout = self.options.timeout
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            # We own `slot` (taken from idle, stale or expired): check it off the lock.
+            if slot is not None:
+                if self._clock() >= slot.expires:
+                    self._close_slot(slot, "lifetime")
+                elif self._probe(slot):
+                    now = self._clock()
+                    with self._lock:
+                        if not self._closed:
+                            self._register(slot, holder, now, start)
+                            return slot.conn
+                    self._close_slot(slot, "shutdown")
+                slot = None
+            with self._lock:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name!r} is closed")
+                if self._idle:
+                    slot = self._idle.pop()
+                    now = self._clock()
+                    if now - slot.last_ok < self._validate_after and now < slot.expires:
+                        self._register(slot, holder, now, start)
+                        return slot.conn
+                    continue
+                if self._unavailable:
+                    self._unavailable_count += 1
+                    raise self._unavailable_error()
+                max_waiting = self.options.max_waiting
+                if max_waiting and len(self._waiters) >= max_waiting:
+                    self._exhausted += 1
+                    raise PoolExhausted(
+                        f"pool {self.name!r}: {len(self._waiters)} callers already waiting "
+                        f"(MAX_WAITING={max_waiting}); raise MAX_SIZE or MAX_WAITING"
+                    )
+                waiter: Waiter[C] = Waiter(holder, start)
+                self._waiters.append(waiter)
+                self._start_locked()
+                self._wake_connector_locked()
+            return self._wait(waiter, deadline, timeout)
+
+    def _wait(self, waiter: Waiter[C], deadline: float, timeout: float) -> C:
+        try:
+            served = waiter.wakeup.acquire(timeout=max(deadline - time.monotonic(), 0.0))
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, gevent Timeout): never lose a handed-off slot.
+            with self._lock:
+                slot = waiter.slot
+                if slot is not None:
+                    self._out.pop(id(slot.conn), None)
+                    if self._put_locked(slot, self._clock()):
+                        slot = None
+                elif waiter.error is None:
+                    self._waiters.remove(waiter)
+            if slot is not None:
+                self._close_slot(slot, "shutdown")
+            raise
+        if not served:
+            with self._lock:
+                # Served between the timeout and taking the lock: take what we were given.
+                if waiter.slot is None and waiter.error is None:
+                    self._waiters.remove(waiter)
+                    self._timeouts += 1
+                    raise self._timeout_error(timeout)
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.slot is not None
+        return waiter.slot.conn
+
+    def _reset(self, conn: C) -> str | None:
+        # Off the lock. A connection we do not own (released twice, force-closed, inherited
+        # through fork) is never touched: release() then finds it unknown.
+        if self._closed or id(conn) not in self._out:
+            return None
+        try:
+            self._adapter.reset(conn)
+        except Exception:
+            logger.warning(
+                "pool %r: reset failed, closing the connection", self.name, exc_info=True
+            )
+            return "reset_failed"
+        return None
+
+    def _release_unknown(self, conn: C) -> None:
+        if self._closed or _fork.is_inherited(conn):
+            return
+        raise ValueError(
+            f"pool {self.name!r}: release() of a connection that is not checked out from this "
+            "pool (released twice, or acquired from another pool?)"
+        )
+
+
+class _Lease(Generic[C]):
+    __slots__ = ("_conn", "_pool", "_timeout")
+    _conn: C
+
+    def __init__(self, pool: Pool[C], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    def __enter__(self) -> C:
+        self._conn = self._pool.acquire(self._timeout, stacklevel=2)
+        return self._conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._pool.release(self._conn)

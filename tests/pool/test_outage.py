@@ -1,0 +1,81 @@
+"""Behaviour 7: reconnects back off with full jitter; after FAIL_FAST_AFTER failures callers
+fail fast with PoolUnavailable while the worker keeps trying; the first success recovers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from django_dbpool.pool import PoolUnavailable
+from django_dbpool.pool._records import BACKOFF_BASE, backoff_delay
+
+from .fakes import FakeConnectError, closing, make_pool, wait_until
+
+
+def test_backoff_is_exponential_capped_and_fully_jittered():
+    ceilings = [backoff_delay(n, 2.0, lambda low, high: high) for n in range(1, 12)]
+    assert ceilings[:4] == [BACKOFF_BASE, BACKOFF_BASE * 2, BACKOFF_BASE * 4, BACKOFF_BASE * 8]
+    assert ceilings[-1] == 2.0
+    assert max(ceilings) == 2.0
+    assert backoff_delay(1000, 2.0, lambda low, high: high) == 2.0
+    rng = random.Random(7)
+    delays = [backoff_delay(8, 2.0, rng.uniform) for _ in range(200)]
+    assert all(0.0 <= d <= 2.0 for d in delays)
+    assert min(delays) < 0.5 < 1.5 < max(delays)  # full jitter spreads over [0, ceiling]
+
+
+def test_a_transient_connect_failure_is_retried_without_the_caller_noticing():
+    pool, driver = make_pool(FAIL_FAST_AFTER=3, BACKOFF_MAX=0.01)
+    with closing(pool):
+        driver.fail_next = 2
+        conn = pool.acquire(timeout=30)
+        assert driver.connect_attempts == 3
+        stats = pool.stats()
+        assert stats.connect_errors == 2
+        assert stats.unavailable == 0
+        pool.release(conn)
+
+
+def test_database_down_fails_fast_then_recovers_by_itself():
+    pool, driver = make_pool(FAIL_FAST_AFTER=3, BACKOFF_MAX=0.01, TIMEOUT=30)
+    with closing(pool):
+        driver.down = True
+        # The waiter is failed as soon as the third connect fails, not after TIMEOUT.
+        with pytest.raises(PoolUnavailable) as info:
+            pool.acquire()
+        assert isinstance(info.value.__cause__, FakeConnectError)
+        assert "FAIL_FAST_AFTER=3" in str(info.value)
+        assert driver.connect_attempts >= 3
+        assert pool.stats().unavailable_now
+
+        # Later callers fail at once: they never queue.
+        for _ in range(5):
+            with pytest.raises(PoolUnavailable):
+                pool.acquire()
+        assert pool.stats().waiting == 0
+        assert pool.stats().unavailable == 6
+
+        # The worker keeps probing the database in the background.
+        attempts = driver.connect_attempts
+        assert wait_until(lambda: driver.connect_attempts >= attempts + 3)
+
+        driver.down = False
+        assert wait_until(lambda: not pool.stats().unavailable_now)
+        conn = pool.acquire()
+        pool.release(conn)
+        stats = pool.stats()
+        assert stats.connect_errors >= 5
+        assert stats.opened == 1
+
+
+def test_idle_connections_are_still_handed_out_while_connects_fail():
+    pool, driver = make_pool(MAX_SIZE=3, FAIL_FAST_AFTER=1, BACKOFF_MAX=0.01)
+    with closing(pool):
+        conn = pool.acquire()
+        driver.down = True  # e.g. the server refuses new sessions, existing ones work
+        with pytest.raises(PoolUnavailable):
+            pool.acquire(timeout=30)
+        pool.release(conn)
+        assert pool.acquire() is conn
+        pool.release(conn)
