@@ -1,5 +1,31 @@
-"""django_dbpool: a production-grade database connection pool for Django."""
+"""django_dbpool: a production-grade database connection pool for Django.
+
+Importing this package registers the ``pgpool://`` and ``mysqlpool://`` URL schemes with
+django-environ (when it is installed), so that ``env.db()`` picks the pooled ENGINEs.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0.dev0"
+
+URL_SCHEMES = {
+    "pgpool": "django_dbpool.backends.postgresql",
+    "mysqlpool": "django_dbpool.backends.mysql",
+}
+
+
+def register_url_schemes() -> None:
+    """Teach django-environ the ``pgpool://`` and ``mysqlpool://`` schemes. Idempotent;
+    does nothing when django-environ is not installed."""
+    try:
+        import environ
+    except ImportError:
+        return
+    environ.Env.DB_SCHEMES.update(URL_SCHEMES)
+    # PostgreSQL URLs may name several hosts or a socket directory; django-environ parses
+    # those only for schemes of its PostgreSQL family.
+    if "pgpool" not in environ.Env.POSTGRES_FAMILY:
+        environ.Env.POSTGRES_FAMILY.append("pgpool")
+
+
+register_url_schemes()

@@ -9,5 +9,5 @@ class DbPoolConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Wiring only (checks, shutdown hook) as features land: no I/O, no database.
-        pass
+        # Wiring only: no I/O, no database. Importing the module registers the checks.
+        from . import checks  # noqa: F401

@@ -314,6 +314,9 @@ class PostgresServer(_Server):
                 "synchronous_commit = off\n"
                 "full_page_writes = off\n"
                 "shared_buffers = 128MB\n"
+                # Server-side statement counts, for tests and benchmarks.
+                "shared_preload_libraries = 'pg_stat_statements'\n"
+                "pg_stat_statements.track = all\n"
             )
         self._spawn([str(bindir / "postgres"), "-D", str(data)])
         self._wait_ready(lambda: self._ready(bindir))

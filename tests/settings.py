@@ -29,9 +29,35 @@ if not DATABASE_URL:
         "`python tests/dbservers.py -- python -m pytest`, or point the variable at a server."
     )
 
-DATABASES = {"default": environ.Env.db_url_config(DATABASE_URL)}
+ENGINES = {
+    "postgresql": "django_dbpool.backends.postgresql",
+    "mysql": "django_dbpool.backends.mysql",
+}
+_default = environ.Env.db_url_config(DATABASE_URL, engine=ENGINES[DATABASE_VENDOR])
+# VALIDATE_AFTER is long so that statement counts do not depend on the machine's speed.
+_default["POOL"] = {"MAX_SIZE": 4, "TIMEOUT": 10, "VALIDATE_AFTER": 60}
 if DATABASE_VENDOR == "mysql":
-    DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+    _default["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+
+DATABASES = {
+    "default": _default,
+    # The same test database through a second, deliberately small pool.
+    "small": {
+        **_default,
+        "OPTIONS": dict(_default.get("OPTIONS", {})),
+        "POOL": {"MAX_SIZE": 2, "TIMEOUT": 0.5},
+        "TEST": {"MIRROR": "default"},
+    },
+    # The same test database with a full session reset on every return, and a session time
+    # zone of its own that the reset must not lose.
+    "reset": {
+        **_default,
+        "OPTIONS": dict(_default.get("OPTIONS", {})),
+        "POOL": {"MAX_SIZE": 2, "RESET": True},
+        "TIME_ZONE": "Asia/Tokyo",
+        "TEST": {"MIRROR": "default"},
+    },
+}
 
 SECRET_KEY = "tests-only-not-a-secret"
 DEBUG = False
@@ -57,7 +83,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 
-ROOT_URLCONF = "example_project.urls"
+ROOT_URLCONF = "tests.urls"
 SERVE_STATIC = False
 STATIC_URL = "/static/"
 

@@ -78,6 +78,12 @@ class Maintenance(PoolState[C]):
                 if now_failing_fast:
                     self._unavailable = True
                     self._fail_waiters_locked()
+                elif self._waiters and not self._transient(exc):
+                    # A wrong configuration, not an unreachable database: waiting or
+                    # retrying cannot help the caller, who gets the error itself.
+                    waiter = self._waiters.popleft()
+                    waiter.error = exc
+                    waiter.wakeup.release()
             if failures == 1 or now_failing_fast:
                 logger.warning(
                     "pool %r: connect failed (%d in a row)%s: %r",
@@ -104,6 +110,15 @@ class Maintenance(PoolState[C]):
             logger.warning("pool %r: a connect succeeded, no longer failing fast", self.name)
         if not usable:
             self._close_slot(slot, "shutdown")
+
+    def _transient(self, exc: BaseException) -> bool:
+        if self._is_transient is None:
+            return True
+        try:
+            return self._is_transient(exc)
+        except Exception:
+            logger.exception("pool %r: is_transient failed", self.name)
+            return True
 
     def _fail_waiters_locked(self) -> None:
         waiters = list(self._waiters)

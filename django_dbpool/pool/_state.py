@@ -42,6 +42,7 @@ class PoolState(Generic[C]):
         *,
         name: str = "default",
         holder_info: Callable[[], str | None] | None = None,
+        is_transient: Callable[[BaseException], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(options, PoolOptions):
@@ -49,6 +50,7 @@ class PoolState(Generic[C]):
         self.name = name
         self.options = options
         self._connect = connect
+        self._is_transient = is_transient
         self._adapter = adapter
         self._holder_info = holder_info
         self._clock = clock

@@ -40,7 +40,11 @@ class Pool(Maintenance[C]):
     :class:`~django_dbpool.pool.options.PoolOptions` or the ``POOL`` mapping of upper-case
     settings; ``name`` (the database alias) appears in log messages and stats;
     ``holder_info``, if given, is called at each acquire and what it returns (a request tag,
-    say) is included in leak and orphan warnings. A ``clock`` argument replaces
+    say) is included in leak and orphan warnings. ``is_transient``, if given, classifies
+    connect errors: one it calls not transient (a wrong configuration rather than an
+    unreachable database) is raised at once to the oldest waiting caller instead of being
+    retried behind the caller's back; by default every connect error is transient (backoff,
+    then ``PoolUnavailable`` after ``FAIL_FAST_AFTER``). A ``clock`` argument replaces
     ``time.monotonic`` for connection ages (tests).
 
     Nothing connects at construction: the first acquire that finds no idle connection starts

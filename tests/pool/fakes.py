@@ -36,6 +36,7 @@ class FakeDriver:
     ``connect_gate``: when set, each connect blocks until it is set (hanging connect).
     ``connect_delay``: seconds each connect sleeps (a slow server).
     ``down``: connects raise FakeConnectError.
+    ``error``: when set, failing connects raise it instead of FakeConnectError.
     """
 
     def __init__(self) -> None:
@@ -51,6 +52,7 @@ class FakeDriver:
         self.connect_delay = 0.0
         self.down = False
         self.fail_next = 0  # this many connects fail, then they succeed again
+        self.error: Exception | None = None
         self.probes = 0
         self.resets = 0
         self.closes = 0
@@ -73,7 +75,7 @@ class FakeDriver:
                 fail = self.down or self.fail_next > 0
                 self.fail_next = max(self.fail_next - 1, 0)
             if fail:
-                raise FakeConnectError("fake: connection refused")
+                raise self.error or FakeConnectError("fake: connection refused")
         except BaseException:
             with self.lock:
                 self.open_or_opening -= 1

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from django_dbpool.pool import PoolUnavailable
+from django_dbpool.pool import Pool, PoolUnavailable
 from django_dbpool.pool._records import BACKOFF_BASE, backoff_delay
 
-from .fakes import FakeConnectError, closing, make_pool, wait_until
+from .fakes import FakeAdapter, FakeConnectError, FakeDriver, closing, make_pool, wait_until
 
 
 def test_backoff_is_exponential_capped_and_fully_jittered():
@@ -78,4 +78,36 @@ def test_idle_connections_are_still_handed_out_while_connects_fail():
             pool.acquire(timeout=30)
         pool.release(conn)
         assert pool.acquire() is conn
+        pool.release(conn)
+
+
+class FakeConfigError(Exception):
+    """A connect error that no retry can fix (a role that does not exist, say)."""
+
+
+def test_a_configuration_error_reaches_the_caller_at_once_while_transient_ones_retry():
+    driver = FakeDriver()
+    pool = Pool(
+        driver.connect,
+        FakeAdapter(driver),
+        {"FAIL_FAST_AFTER": 3, "BACKOFF_MAX": 0.01, "TIMEOUT": 30},
+        is_transient=lambda exc: not isinstance(exc, FakeConfigError),
+    )
+    with closing(pool):
+        driver.error = FakeConfigError("role does not exist")
+        driver.fail_next = 1
+        # One failed connect is enough: the caller gets the error itself, not a timeout.
+        with pytest.raises(FakeConfigError, match="role does not exist"):
+            pool.acquire()
+        assert driver.connect_attempts == 1
+        assert pool.stats().connect_errors == 1
+        assert not pool.stats().unavailable_now
+
+        # A transient error is still retried without the caller noticing (the failure
+        # above counts toward FAIL_FAST_AFTER: two in a row so far).
+        driver.error = None
+        driver.fail_next = 1
+        conn = pool.acquire()
+        assert driver.connect_attempts == 3
+        assert pool.stats().connect_errors == 2
         pool.release(conn)

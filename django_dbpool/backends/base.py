@@ -1,0 +1,313 @@
+"""The mixin that puts a Django database wrapper on top of a process-wide pool.
+
+Django opens a connection with ``connect()`` → ``get_new_connection()`` and closes it with
+``close()`` → ``_close()``; the mixin borrows from the alias's pool in the first and gives
+back in the second, so "end of request", ``connection.close()`` and
+``close_old_connections()`` all return the connection. It keeps Django's own pool
+vocabulary (``pool``, ``close_pool()``), so Django's test-database code, which calls
+``close_pool()`` before it renames, clones or drops a database, closes ours.
+
+Per-connection session setup (time zone, role, isolation level, ...) runs once per physical
+connection, in the pool's connect callable, through a private wrapper that is never used
+for anything else: a checkout then costs no round trip at all.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
+
+from django.db import DEFAULT_DB_ALIAS
+from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
+from django.db.utils import DatabaseErrorWrapper
+from django.utils.functional import cached_property
+
+from ..options import alias_options, driver_options
+from ..pool import ConnectionAdapter, Pool
+
+if TYPE_CHECKING:
+    _Base = BaseDatabaseWrapper
+else:
+    _Base = object
+
+__all__ = ["PooledWrapperMixin", "close_all_pools"]
+
+
+class _Entry(NamedTuple):
+    fingerprint: tuple[Any, ...]  # the settings the pool's connections were opened with
+    database: tuple[Any, ...]  # (HOST, PORT, NAME): which database they are connected to
+    pool: Pool[Any]
+
+
+# One pool per alias per process, shared by the wrappers of every thread; replaced when the
+# alias's connection settings change (the test runner renames NAME to test_NAME, say).
+_pools: dict[str, _Entry] = {}
+_pools_lock = threading.Lock()
+
+
+def _reset_lock_in_child() -> None:
+    # Another thread may have held the lock at fork(): the child starts with a free one.
+    global _pools_lock
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
+class _PoolErrorWrapper(DatabaseErrorWrapper):
+    """Django's error wrapper, also noting errors that mean the connection is dead."""
+
+    wrapper: PooledWrapperMixin
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_value is not None and self.wrapper.connection_is_dead_error(exc_value):
+            self.wrapper.dbpool_broken = True
+        super().__exit__(exc_type, exc_value, traceback)
+
+
+class PooledWrapperMixin(_Base):
+    """Pooling for a Django ``DatabaseWrapper``: ``class W(PooledWrapperMixin, Stock)``.
+
+    A vendor implements :meth:`make_pool_adapter`, :meth:`configure_new_connection` and
+    :meth:`connection_is_dead_error`.
+    """
+
+    if TYPE_CHECKING:
+        # Attributes of Django's wrappers that django-stubs does not declare.
+        Database: Any
+        health_check_enabled: bool
+        health_check_done: bool
+    #: True on the private wrapper that opens physical connections for the pool.
+    dbpool_private = False
+    #: Set when an error on the current connection means the connection itself is dead.
+    dbpool_broken = False
+
+    def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
+        super().__init__(settings_dict, alias)
+        self._dbpool_lease: Pool[Any] | None = None
+        self._dbpool_configured = False
+        self._dbpool_configure_lock = threading.Lock()
+        self._dbpool_lock_pid = os.getpid()
+
+    # -- Django's pool vocabulary -------------------------------------------------------------
+
+    @property
+    def pool(self) -> Any:
+        """This alias's pool in this process (created on first use).
+
+        Not pooled: the maintenance connections Django opens to create and drop test
+        databases (``NO_DB_ALIAS``), and an alias that configures Django's own pool in
+        ``OPTIONS["pool"]`` (system check ``django_dbpool.E002``), which gets Django's
+        stock behaviour.
+        """
+        if not self._dbpool_enabled():
+            return getattr(super(), "pool", None)
+        fingerprint = self._dbpool_fingerprint()
+        entry = _pools.get(self.alias)
+        if entry is not None and entry.fingerprint == fingerprint:
+            return entry.pool
+        return self._dbpool_replace_pool(fingerprint)
+
+    def close_pool(self) -> None:
+        """Close this alias's pool, and the pools of other aliases connected to the same
+        database: idle connections now, borrowed ones as they come back.
+
+        Django calls it before it drops, clones or renames a database, which PostgreSQL
+        refuses while any session is connected to it (a test mirror alias's, say).
+        Idempotent. The next connection opens a new pool.
+        """
+        if not self._dbpool_enabled():
+            getattr(super(), "close_pool", lambda: None)()
+            return
+        database = self._dbpool_database()
+        with _pools_lock:
+            closing = [
+                alias
+                for alias, entry in _pools.items()
+                if alias == self.alias or entry.database == database
+            ]
+            entries = [_pools.pop(alias) for alias in closing]
+        for entry in entries:
+            entry.pool.close(timeout=0, force=False)
+
+    # -- borrowing and returning ---------------------------------------------------------------
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        if not self._dbpool_enabled():
+            return super().get_new_connection(conn_params)
+        pool: Pool[Any] = self.pool
+        connection = pool.acquire()
+        self._dbpool_lease = pool
+        self._dbpool_configured = True
+        self.dbpool_broken = False
+        return connection
+
+    def init_connection_state(self) -> None:
+        if self._dbpool_configured:
+            # Called by connect() right after a checkout: the session was set up when the
+            # physical connection was opened; only Django's once-per-alias server version
+            # check is left. An explicit call later runs the stock setup again.
+            self._dbpool_configured = False
+            BaseDatabaseWrapper.init_connection_state(self)
+        else:
+            super().init_connection_state()
+
+    def is_usable(self) -> bool:
+        # A pooled connection is given back (and forgotten) by _close(); Django's stock
+        # backends would dereference None here.
+        return self.connection is not None and super().is_usable()
+
+    def close_if_health_check_failed(self) -> None:
+        if self._dbpool_lease is None:
+            super().close_if_health_check_failed()
+            return
+        # Django's own logic (the stock PostgreSQL backend skips it whenever a pool is
+        # configured), plus: a connection that failed its check goes back as broken.
+        if self.connection is None or not self.health_check_enabled or self.health_check_done:
+            return
+        if not self.is_usable():
+            self.dbpool_broken = True
+            self.close()
+        self.health_check_done = True
+
+    def _close(self) -> None:
+        pool, self._dbpool_lease = self._dbpool_lease, None
+        if self.connection is None or pool is None:
+            cast(Any, super())._close()
+            return
+        connection, self.connection = self.connection, None
+        pool.release(connection, broken=self.dbpool_broken)
+
+    @cached_property
+    def wrap_database_errors(self) -> DatabaseErrorWrapper:
+        return _PoolErrorWrapper(self)
+
+    # -- vendor hooks ---------------------------------------------------------------------------
+
+    def make_pool_adapter(self, full_reset: bool) -> ConnectionAdapter[Any]:
+        """The driver adapter for this alias's pool; with ``full_reset``, every returned
+        connection gets a full session reset, then :meth:`dbpool_configure`."""
+        raise NotImplementedError
+
+    def configure_new_connection(self, connection: Any) -> None:
+        """Set up a new physical connection's session the way Django's stock backend does
+        at every connect. Runs once per physical connection, on the private wrapper."""
+        raise NotImplementedError
+
+    def connection_is_dead_error(self, error: BaseException) -> bool:
+        """Whether ``error`` means the connection itself is unusable."""
+        raise NotImplementedError
+
+    def connect_error_is_transient(self, error: BaseException) -> bool:
+        """Whether a failed connect may succeed if retried (the server is unreachable,
+        restarting or refusing sessions), as opposed to a wrong configuration, which is
+        raised to the caller at once."""
+        return isinstance(error, self.Database.OperationalError)
+
+    def check_connection_settings(self) -> None:
+        """Raise ``ImproperlyConfigured`` for settings the stock backend would reject only
+        while connecting (which, pooled, happens in the pool's connector thread)."""
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _dbpool_enabled(self) -> bool:
+        return not (
+            self.dbpool_private
+            or self.alias == NO_DB_ALIAS
+            or self.settings_dict["OPTIONS"].get("pool")
+        )
+
+    def _dbpool_database(self) -> tuple[Any, ...]:
+        s = self.settings_dict
+        return (s["HOST"], str(s["PORT"]), s["NAME"])
+
+    def _dbpool_fingerprint(self) -> tuple[Any, ...]:
+        s = self.settings_dict
+        return (
+            s["NAME"],
+            s["USER"],
+            s["PASSWORD"],
+            s["HOST"],
+            s["PORT"],
+            repr(sorted(s["OPTIONS"].items())),
+            repr(s.get("POOL")),
+            # The session time zone: Django invalidates this cached property when the
+            # TIME_ZONE or USE_TZ setting changes.
+            self.timezone_name,
+        )
+
+    def _dbpool_replace_pool(self, fingerprint: tuple[Any, ...]) -> Pool[Any]:
+        # Validate and build outside the lock (no I/O: the pool connects lazily), then
+        # install unless another thread won the race.
+        options = alias_options(self.alias, self.settings_dict)
+        opener = self._dbpool_private_wrapper()
+        # Settings errors belong to the caller, not to the pool's connector thread.
+        opener.get_connection_params()
+        opener.check_connection_settings()
+        new_pool: Pool[Any] = Pool(
+            opener._dbpool_open,
+            opener.make_pool_adapter(full_reset=options.reset),
+            options.pool,
+            name=self.alias,
+            is_transient=self.connect_error_is_transient,
+        )
+        with _pools_lock:
+            current = _pools.get(self.alias)
+            if current is not None and current.fingerprint == fingerprint:
+                stale: Pool[Any] | None = new_pool
+                winner = current.pool
+            else:
+                stale = current.pool if current is not None else None
+                winner = new_pool
+                _pools[self.alias] = _Entry(fingerprint, self._dbpool_database(), new_pool)
+        if stale is not None:
+            stale.close(timeout=0, force=False)
+        return winner
+
+    def _dbpool_private_wrapper(self) -> PooledWrapperMixin:
+        settings_dict = {**self.settings_dict, "OPTIONS": dict(self.settings_dict["OPTIONS"])}
+        opener = type(self)(settings_dict, self.alias)
+        opener.dbpool_private = True
+        # Used from the pool's connector thread (one at a time), created in this one.
+        opener.inc_thread_sharing()
+        return opener
+
+    def _dbpool_open(self) -> Any:
+        # Called by the pool's connector thread: stock connect, then the session setup
+        # Django's connect() would otherwise repeat at every checkout.
+        connection = super().get_new_connection(self.get_connection_params())
+        try:
+            self.dbpool_configure(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def dbpool_configure(self, connection: Any) -> None:
+        """Run :meth:`configure_new_connection` on a raw connection. Thread-safe: the pool's
+        connector (new connections) and releasing threads (``RESET``) both call it."""
+        if self._dbpool_lock_pid != os.getpid():
+            # A lock inherited through fork() may be held by a thread that does not exist.
+            self._dbpool_configure_lock = threading.Lock()
+            self._dbpool_lock_pid = os.getpid()
+        with self._dbpool_configure_lock:
+            # Django's setup code may go through this wrapper's cursor() (to format SQL).
+            self.connection = connection
+            try:
+                self.configure_new_connection(connection)
+            finally:
+                self.connection = None
+
+    def get_connection_params(self) -> dict[str, Any]:
+        return driver_options(super().get_connection_params())
+
+
+def close_all_pools(timeout: float | None = None) -> None:
+    """Close every pool of this process, waiting up to ``timeout`` seconds for borrowed
+    connections (default: each pool's ``DRAIN_TIMEOUT``). Idempotent."""
+    with _pools_lock:
+        entries = list(_pools.values())
+        _pools.clear()
+    for entry in entries:
+        entry.pool.close(timeout=timeout)

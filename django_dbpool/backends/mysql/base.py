@@ -1,0 +1,92 @@
+"""``ENGINE = "django_dbpool.backends.mysql"``: Django's MySQL/MariaDB backend (mysqlclient),
+pooled."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from django.db.backends.mysql import base as stock
+
+from ..base import PooledWrapperMixin
+
+# Client and server error codes after which the session is gone: server has gone away,
+# lost connection (during query / at handshake), server shutdown, connection killed,
+# disconnected for inactivity.
+_DEAD_ERRORS = frozenset({2006, 2013, 2055, 1053, 1927, 4031, 2026})
+
+
+class MySQLdbAdapter:
+    """What the pool needs of a mysqlclient connection."""
+
+    def __init__(
+        self, full_reset: bool, configure: Callable[[Any], None], login: dict[str, Any]
+    ) -> None:
+        self.full_reset = full_reset
+        self.configure = configure
+        self._login = login  # user, password, database: for COM_CHANGE_USER
+
+    def __repr__(self) -> str:
+        return f"<MySQLdbAdapter full_reset={self.full_reset}>"
+
+    def is_alive(self, conn: Any) -> bool:
+        # COM_PING: the cheapest round trip the protocol has.
+        conn.ping()
+        return True
+
+    def needs_reset(self, conn: Any) -> bool:
+        # mysqlclient exposes no transaction status, but autocommit is read from the last
+        # server reply: off means a transaction may be open. Django turns autocommit off for
+        # atomic blocks and set_autocommit(False), so this covers every Django transaction.
+        return self.full_reset or not conn.get_autocommit()
+
+    def reset(self, conn: Any) -> None:
+        conn.rollback()
+        if self.full_reset:
+            # COM_CHANGE_USER to the same user: the server resets the session (variables,
+            # temporary tables, locks, prepared statements). mysqlclient has no binding for
+            # mysql_reset_connection, the lighter equivalent.
+            conn.change_user(self._login["user"], self._login["password"], self._login["db"])
+            self.configure(conn)
+        else:
+            conn.autocommit(True)
+
+    def close(self, conn: Any) -> None:
+        conn.close()
+
+
+class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
+    def make_pool_adapter(self, full_reset: bool) -> MySQLdbAdapter:
+        params = self.get_connection_params()
+        login = {
+            "user": params.get("user", ""),
+            "password": params.get("password", ""),
+            "db": params.get("database"),
+        }
+        return MySQLdbAdapter(full_reset, self.dbpool_configure, login)
+
+    def configure_new_connection(self, connection: Any) -> None:
+        # What Django's stock init_connection_state runs at every connect, in one round trip.
+        assignments = ["SET SQL_AUTO_IS_NULL = 0"]
+        if self.isolation_level:
+            assignments.append(
+                f"SET SESSION TRANSACTION ISOLATION LEVEL {self.isolation_level.upper()}"
+            )
+        cursor = connection.cursor()
+        try:
+            cursor.execute("; ".join(assignments))
+            while cursor.nextset():
+                pass
+        finally:
+            cursor.close()
+        connection.autocommit(True)
+
+    def connection_is_dead_error(self, error: BaseException) -> bool:
+        args: tuple[Any, ...] = getattr(error, "args", ())
+        return bool(args) and args[0] in _DEAD_ERRORS
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # The server reports autocommit in every reply: skip the round trip when it
+        # already has the wanted value (every checkout of a clean pooled connection).
+        if self.connection.get_autocommit() != autocommit:
+            cast(Any, super())._set_autocommit(autocommit)

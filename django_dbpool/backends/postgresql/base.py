@@ -1,0 +1,87 @@
+"""``ENGINE = "django_dbpool.backends.postgresql"``: Django's PostgreSQL backend (psycopg 3),
+pooled."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.postgresql import base as stock
+
+from ..base import PooledWrapperMixin
+
+try:
+    from psycopg import Connection, IsolationLevel
+    from psycopg.pq import TransactionStatus
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImproperlyConfigured(
+        "django_dbpool.backends.postgresql needs psycopg 3: pip install 'django-dbpool[postgresql]'"
+    ) from exc
+
+_IDLE = TransactionStatus.IDLE
+# SQLSTATEs after which the session is gone: connection exceptions (class 08), and
+# admin_shutdown, crash_shutdown, cannot_connect_now.
+_DEAD_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03")
+
+
+class PsycopgAdapter:
+    """What the pool needs of a psycopg 3 connection; state is read locally, no I/O."""
+
+    def __init__(self, full_reset: bool, configure: Callable[[Connection[Any]], None]) -> None:
+        self.full_reset = full_reset
+        self.configure = configure
+
+    def is_alive(self, conn: Connection[Any]) -> bool:
+        if conn.closed:
+            return False
+        # A pooled connection is never inside a transaction here (release rolled it back),
+        # so switching to autocommit is local, and the probe starts no transaction.
+        conn.autocommit = True
+        conn.execute("SELECT 1")
+        return True
+
+    def needs_reset(self, conn: Connection[Any]) -> bool:
+        return self.full_reset or conn.pgconn.transaction_status != _IDLE
+
+    def reset(self, conn: Connection[Any]) -> None:
+        if conn.pgconn.transaction_status != _IDLE:
+            conn.rollback()
+        if self.full_reset:
+            conn.autocommit = True
+            # Drops session state (SET values, prepared statements, temp tables, ...),
+            # Django's own time zone and role included: set those up again.
+            conn.execute("DISCARD ALL")
+            self.configure(conn)
+
+    def close(self, conn: Connection[Any]) -> None:
+        conn.close()
+
+
+class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
+    def make_pool_adapter(self, full_reset: bool) -> PsycopgAdapter:
+        return PsycopgAdapter(full_reset, self.dbpool_configure)
+
+    def configure_new_connection(self, connection: Connection[Any]) -> None:
+        # Django's own per-connect setup (time zone, role), run in autocommit so that
+        # nothing is left in a transaction.
+        connection.autocommit = True
+        cast(Any, self)._configure_connection(connection)
+
+    def check_connection_settings(self) -> None:
+        level = self.settings_dict["OPTIONS"].get("isolation_level")
+        if level is not None:
+            try:
+                IsolationLevel(level)
+            except ValueError:
+                raise ImproperlyConfigured(
+                    f"Invalid transaction isolation level {level} specified. Use one of the "
+                    "psycopg.IsolationLevel values."
+                ) from None
+
+    def connection_is_dead_error(self, error: BaseException) -> bool:
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        if sqlstate.startswith(_DEAD_SQLSTATE_PREFIXES):
+            return True
+        connection = self.connection
+        return connection is not None and bool(connection.broken or connection.closed)

@@ -1,0 +1,190 @@
+"""System checks for pooled database aliases.
+
+Without ``--database`` the checks read settings only, never connect. ``check --deploy`` adds
+the TLS and password checks; ``check --database ALIAS`` connects through the pool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+
+from .options import pool_options
+
+ENGINE_PREFIX = "django_dbpool.backends."
+_UNVERIFIED_SSLMODES = frozenset({"disable", "allow", "prefer", "require"})
+_VERIFIED_MYSQL_SSL_MODES = frozenset({"VERIFY_CA", "VERIFY_IDENTITY"})
+
+
+def pooled_aliases() -> list[str]:
+    """The aliases of ``DATABASES`` whose ENGINE is one of ours."""
+    return [
+        alias
+        for alias, config in settings.DATABASES.items()
+        if str(config.get("ENGINE", "")).startswith(ENGINE_PREFIX)
+    ]
+
+
+def _vendor(alias: str) -> str:
+    return str(settings.DATABASES[alias]["ENGINE"]).rsplit(".", 1)[-1]
+
+
+@checks.register(checks.Tags.database)
+def check_configuration(
+    app_configs: Sequence[Any] | None = None, databases: Iterable[str] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Pool options, Django's own pool option, CONN_MAX_AGE; and, with ``--database``,
+    a real connection and the server's connection headroom."""
+    messages: list[checks.CheckMessage] = []
+    for alias in pooled_aliases():
+        config = settings.DATABASES[alias]
+        try:
+            pool_options(alias, config)
+        except ImproperlyConfigured as exc:
+            messages.append(
+                checks.Error(
+                    str(exc),
+                    hint="Fix the option in DATABASES[...]['POOL'] (or the pool_* query "
+                    "parameter of DATABASE_URL); the README lists every option.",
+                    id="django_dbpool.E001",
+                )
+            )
+        if (config.get("OPTIONS") or {}).get("pool"):
+            messages.append(
+                checks.Error(
+                    f"DATABASES[{alias!r}] uses {config['ENGINE']} and also Django's own "
+                    "pool (OPTIONS['pool']): connections would be pooled twice.",
+                    hint="Remove OPTIONS['pool'] and put pool settings in DATABASES[...]['POOL'].",
+                    id="django_dbpool.E002",
+                )
+            )
+        max_age = config.get("CONN_MAX_AGE", 0)
+        if max_age != 0:
+            messages.append(
+                checks.Error(
+                    f"DATABASES[{alias!r}] sets CONN_MAX_AGE={max_age!r}: with a pool, a "
+                    "thread would keep its connection between requests, so the pool's "
+                    "bound would run out as soon as there are more threads than MAX_SIZE.",
+                    hint="Set CONN_MAX_AGE to 0 (the default): connections go back to the "
+                    "pool at the end of each request and are reused from there.",
+                    id="django_dbpool.E003",
+                )
+            )
+    for alias in databases or ():
+        if alias in pooled_aliases():
+            messages.extend(_check_server(alias))
+    return messages
+
+
+@checks.register(checks.Tags.database, deploy=True)
+def check_deployment(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """TLS that verifies the server, and a password, for every pooled alias."""
+    messages: list[checks.CheckMessage] = []
+    for alias in pooled_aliases():
+        config = settings.DATABASES[alias]
+        options = config.get("OPTIONS") or {}
+        if _vendor(alias) == "postgresql":
+            sslmode = str(options.get("sslmode", "prefer"))
+            if sslmode in _UNVERIFIED_SSLMODES:
+                messages.append(
+                    checks.Warning(
+                        f"DATABASES[{alias!r}] connects with sslmode={sslmode!r}, which does "
+                        "not verify the server: a man in the middle can read and change "
+                        "every query.",
+                        hint="Set OPTIONS={'sslmode': 'verify-full', 'sslrootcert': "
+                        "'/path/to/ca.pem'} (sslrootcert: the CA bundle that signed the "
+                        "server's certificate, a private CA included).",
+                        id="django_dbpool.W001",
+                    )
+                )
+        else:
+            ssl_mode = str(options.get("ssl_mode", "")).upper()
+            ssl = options.get("ssl") or {}
+            if ssl_mode not in _VERIFIED_MYSQL_SSL_MODES and not (
+                isinstance(ssl, dict) and ssl.get("ca")
+            ):
+                messages.append(
+                    checks.Warning(
+                        f"DATABASES[{alias!r}] connects to MySQL/MariaDB without TLS that "
+                        "verifies the server.",
+                        hint="Set OPTIONS={'ssl_mode': 'VERIFY_IDENTITY', 'ssl': {'ca': "
+                        "'/path/to/ca.pem'}} (ca: the CA bundle that signed the server's "
+                        "certificate, a private CA included).",
+                        id="django_dbpool.W002",
+                    )
+                )
+        if not config.get("PASSWORD"):
+            messages.append(
+                checks.Warning(
+                    f"DATABASES[{alias!r}] has an empty PASSWORD.",
+                    hint="Give the database user a password and set it in PASSWORD (or "
+                    "in DATABASE_URL).",
+                    id="django_dbpool.W003",
+                )
+            )
+    return messages
+
+
+def _check_server(alias: str) -> list[checks.CheckMessage]:
+    from django.db import connections
+
+    connection = connections[alias]
+    try:
+        options = pool_options(alias, settings.DATABASES[alias])
+    except ImproperlyConfigured:
+        return []  # already reported as E001
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            limit = _server_connection_limit(cursor, _vendor(alias))
+    except Exception as exc:
+        return [
+            checks.Error(
+                f"DATABASES[{alias!r}]: could not run SELECT 1 through the pool: "
+                f"{type(exc).__name__}: {exc}",
+                hint="Check HOST, PORT, NAME, USER and PASSWORD, and that the server "
+                "accepts connections from this host.",
+                id="django_dbpool.E004",
+            )
+        ]
+    finally:
+        connection.close()
+    workers = _worker_processes()
+    wanted = options.max_size * workers
+    if wanted > limit:
+        return [
+            checks.Warning(
+                f"DATABASES[{alias!r}]: MAX_SIZE {options.max_size} x {workers} worker "
+                f"process(es) = {wanted} connections, but the server allows {limit} for "
+                "this application.",
+                hint="Lower MAX_SIZE or the number of workers (WEB_CONCURRENCY), raise the "
+                "server's max_connections, or put PgBouncer in front of PostgreSQL.",
+                id="django_dbpool.W004",
+            )
+        ]
+    return []
+
+
+def _server_connection_limit(cursor: Any, vendor: str) -> int:
+    """Connections available to ordinary users: max_connections minus reserved slots."""
+    if vendor == "postgresql":
+        cursor.execute(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+        )
+    else:
+        # MariaDB and MySQL keep one extra connection for SUPER users beyond max_connections.
+        cursor.execute("SELECT @@max_connections")
+    return int(cursor.fetchone()[0])
+
+
+def _worker_processes() -> int:
+    value = os.environ.get("WEB_CONCURRENCY", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1

@@ -1,0 +1,199 @@
+"""The pooled ENGINEs on a real server: reuse, the bound, zero extra round trips, and no
+state leaking from one borrower to the next."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from django.db import connection, connections, transaction
+
+from django_dbpool.pool import PoolTimeout
+from example_project.bank.models import Account
+from tests.conftest import wsgi_get
+from tests.views import SESSION_ID_SQL
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "small", "reset"])
+
+
+def session_id(alias: str = "default") -> int:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(SESSION_ID_SQL[connections[alias].vendor])
+        return int(cursor.fetchone()[0])
+
+
+@contextmanager
+def raw_connection() -> Iterator[Any]:
+    """A driver connection of its own to the test database, outside every pool."""
+    wrapper = connection
+    params = wrapper.get_connection_params()
+    if wrapper.vendor == "postgresql":
+        import psycopg
+
+        conn = psycopg.connect(**params, autocommit=True)
+    else:
+        import MySQLdb
+
+        conn = MySQLdb.connect(**params)
+        conn.autocommit(True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def statements_during(action: Callable[[], None]) -> int:
+    """Statements the server executed for the test database while ``action`` ran."""
+    with raw_connection() as conn:
+        cursor = conn.cursor()
+        if connection.vendor == "postgresql":
+            cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            cursor.execute("SELECT pg_stat_statements_reset()")
+            action()
+            # Every statement of this measuring session names pg_stat_statements.
+            cursor.execute(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND query NOT LIKE '%pg_stat_statements%'"
+            )
+            return int(cursor.fetchone()[0])
+
+        def questions() -> int:
+            cursor.execute("SHOW GLOBAL STATUS LIKE 'Questions'")
+            return int(cursor.fetchone()[1])
+
+        # Questions is server-wide and counts the SHOW itself: measure that overhead.
+        first = questions()
+        before = questions()
+        action()
+        after = questions()
+        return after - before - (before - first)
+
+
+def test_connection_is_reused_across_requests() -> None:
+    sessions = {int(wsgi_get("/probe/session/")[1]) for _ in range(20)}
+    assert len(sessions) == 1
+    stats = connection.pool.stats()
+    assert stats.opened == 1
+    assert stats.in_use == 0  # every request gave its connection back
+
+
+def test_one_statement_per_one_query_request() -> None:
+    wsgi_get("/probe/session/")  # warm: the physical connection and its session setup
+    requests = 50
+    count = statements_during(lambda: [wsgi_get("/probe/session/") for _ in range(requests)])
+    assert count == requests
+
+
+def test_bound_holds_and_the_next_checkout_times_out() -> None:
+    small = connections["small"]
+    max_size = small.pool.options.max_size
+    holding = threading.Barrier(max_size + 1)
+    release = threading.Event()
+    held: list[int] = []
+
+    def hold() -> None:
+        held.append(session_id("small"))
+        holding.wait(30)
+        release.wait(30)
+        connections["small"].close()
+
+    threads = [threading.Thread(target=hold) for _ in range(max_size)]
+    for thread in threads:
+        thread.start()
+    holding.wait(30)
+    try:
+        assert len(set(held)) == max_size
+        with pytest.raises(PoolTimeout, match=r"after waiting 0\.5 s"):
+            small.ensure_connection()
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+    # Once they are back, the same connections serve again.
+    assert session_id("small") in held
+    small.close()
+
+
+def test_transaction_left_open_is_rolled_back_before_reuse() -> None:
+    first = session_id()
+    transaction.set_autocommit(False)
+    Account.objects.create(name="Uncommitted", balance=1)
+    connection.close()  # given back with the INSERT neither committed nor rolled back
+    assert session_id() == first  # the same physical connection...
+    assert not Account.objects.filter(name="Uncommitted").exists()  # ...without the row
+    assert connection.get_autocommit()
+    with raw_connection() as conn:
+        cursor = conn.cursor()
+        cursor.execute("SELECT COUNT(*) FROM bank_account WHERE name = 'Uncommitted'")
+        assert cursor.fetchone()[0] == 0
+
+
+def test_atomic_block_and_savepoints_work_as_usual() -> None:
+    with transaction.atomic():
+        Account.objects.create(name="Outer", balance=1)
+        try:
+            with transaction.atomic():
+                Account.objects.create(name="Inner", balance=1)
+                raise ValueError
+        except ValueError:
+            pass
+        transaction.on_commit(lambda: Account.objects.create(name="Hook", balance=1))
+    assert sorted(Account.objects.values_list("name", flat=True)) == ["Hook", "Outer"]
+
+
+def test_killed_connection_is_discarded_not_reused() -> None:
+    victim = session_id()
+    connection.close()
+    with raw_connection() as conn:
+        cursor = conn.cursor()
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_terminate_backend(%s)", [victim])
+        else:
+            cursor.execute(f"KILL {victim}")
+    # The pooled connection is idle and fresh, so it is handed out unprobed; the query
+    # fails, and the error marks the connection dead so that it is not reused.
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's error, wrapped by Django
+        session_id()
+    connection.close()
+    replacement = session_id()
+    assert replacement != victim
+    assert connection.pool.stats().closed["broken"] >= 1
+
+
+SESSION_STATE = {
+    "postgresql": ("SET dbpool.probe = 'kept'", "SELECT current_setting('dbpool.probe', true)"),
+    "mysql": ("SET @dbpool_probe = 'kept'", "SELECT @dbpool_probe"),
+}
+
+
+@pytest.mark.parametrize(("alias", "kept"), [("default", True), ("reset", False)])
+def test_raw_session_state_survives_unless_reset_is_on(alias: str, kept: bool) -> None:
+    wrapper = connections[alias]
+    set_sql, get_sql = SESSION_STATE[wrapper.vendor]
+    first = session_id(alias)
+    with wrapper.cursor() as cursor:
+        cursor.execute(set_sql)
+    wrapper.close()
+    assert session_id(alias) == first  # the same physical connection either way
+    with wrapper.cursor() as cursor:
+        cursor.execute(get_sql)
+        assert (cursor.fetchone()[0] == "kept") is kept
+    wrapper.close()
+
+
+def test_reset_sets_django_session_up_again() -> None:
+    wrapper = connections["reset"]
+    for _ in range(3):  # checked out again after each full reset
+        with wrapper.cursor() as cursor:
+            if wrapper.vendor == "postgresql":
+                cursor.execute("SHOW TIME ZONE")
+                assert cursor.fetchone()[0] == "Asia/Tokyo"
+            else:
+                cursor.execute("SELECT @@SESSION.sql_auto_is_null, @@SESSION.autocommit")
+                assert cursor.fetchone() == (0, 1)
+        wrapper.close()
+    assert wrapper.pool.stats().opened == 1
