@@ -6,23 +6,36 @@ STAMP := $(VENV)/.installed
 EXTRAS := postgresql,mysql,environ,prometheus
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest-all packaging demo bench-pool system-deps clean
+.PHONY: test lint typecheck suites pytest-all django-suite packaging demo bench-pool system-deps clean
 
-## test: lint, type-check, the whole suite on PostgreSQL and on MariaDB, then packaging.
+## test: lint, type-check, our suite and Django's on PostgreSQL and on MariaDB, packaging.
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) tests/dbservers.py --postgres --mysql -- $(MAKE) --no-print-directory pytest-all
+	$(PY) tests/dbservers.py --postgres --mysql -- $(MAKE) --no-print-directory suites
 	$(VENV)/bin/tox -e packaging
 
-# Both runs always happen; the target fails if either failed.
+# Every run happens (needs the servers' URLs, see tests/dbservers.py); fails if any failed.
+suites:
+	@rc=0; \
+	$(MAKE) --no-print-directory pytest-all || rc=1; \
+	$(MAKE) --no-print-directory django-suite || rc=1; \
+	exit $$rc
+
 pytest-all:
 	@rc=0; \
 	echo "=== pytest on PostgreSQL ==="; \
 	DBPOOL_TEST_DATABASE=postgresql $(PY) -m pytest $(PYTEST_ARGS) || rc=1; \
 	echo "=== pytest on MariaDB ==="; \
 	DBPOOL_TEST_DATABASE=mysql $(PY) -m pytest $(PYTEST_ARGS) || rc=1; \
+	exit $$rc
+
+# Modules of Django's own test suite against each of our ENGINEs.
+django-suite:
+	@rc=0; \
+	$(PY) tests/django_suite.py postgresql --engine django_dbpool.backends.postgresql || rc=1; \
+	$(PY) tests/django_suite.py mysql --engine django_dbpool.backends.mysql || rc=1; \
 	exit $$rc
 
 lint: $(STAMP)

@@ -68,7 +68,7 @@ def alias_options(alias: str, settings_dict: Mapping[str, Any]) -> AliasOptions:
     reset = merged.pop("RESET", False)
     if not isinstance(reset, bool):
         raise ImproperlyConfigured(
-            f"DATABASES[{alias!r}]: POOL option RESET={reset!r} is invalid: True or False."
+            f"DATABASES[{alias!r}]: POOL option RESET={reset!r} is invalid; expected True or False."
         )
     try:
         return AliasOptions(PoolOptions.from_mapping(merged), reset=reset)

@@ -111,6 +111,16 @@ def serve(database_url: str, workdir: Path, bind: str) -> int:
     return wait_child(server)
 
 
+def pooled(url: str) -> str:
+    """The URL with the scheme of django_dbpool's ENGINE for its database."""
+    scheme, sep, rest = url.partition("://")
+    return (
+        {"postgres": "pgpool", "postgresql": "pgpool", "mysql": "mysqlpool"}.get(scheme, scheme)
+        + sep
+        + rest
+    )
+
+
 def main() -> int:
     interrupt_on_sigterm()
     bind = os.environ.get("DEMO_BIND", "127.0.0.1:8000")
@@ -120,7 +130,7 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="dbpool-demo-") as workdir,
             database_servers(postgres=not given_url, mysql=False) as urls,
         ):
-            status = serve(given_url or urls[POSTGRES_URL_VAR], Path(workdir), bind)
+            status = serve(given_url or pooled(urls[POSTGRES_URL_VAR]), Path(workdir), bind)
     except LauncherError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,8 @@
 """Settings for the example project, read from the environment with safe local defaults.
 
-DATABASE_URL            the database (django-environ syntax); default: a local PostgreSQL
+DATABASE_URL            the database, in django-environ syntax; pgpool:// and mysqlpool://
+                        select django_dbpool's pooled ENGINEs (pool options as pool_*
+                        query parameters); default: a local PostgreSQL
 DJANGO_DEBUG            off unless set to a true value
 DJANGO_SECRET_KEY       required unless DJANGO_DEBUG is on
 DJANGO_ALLOWED_HOSTS    comma-separated; default 127.0.0.1,localhost
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+import django_dbpool  # noqa: F401 - registers the pgpool:// and mysqlpool:// URL schemes
 
 BASE_DIR = Path(__file__).resolve().parent
 
@@ -32,7 +36,7 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 
 DATABASES = {
-    "default": env.db("DATABASE_URL", default="postgres:///dbpool_example"),
+    "default": env.db("DATABASE_URL", default="pgpool:///dbpool_example"),
 }
 
 INSTALLED_APPS = [

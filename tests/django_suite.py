@@ -31,7 +31,7 @@ DEFAULT_MODULES = [
     "queries",
 ]
 URL_VARIABLES = {"postgresql": "DBPOOL_TEST_POSTGRES_URL", "mysql": "DBPOOL_TEST_MYSQL_URL"}
-DEFAULT_ENGINES = {
+STOCK_ENGINES = {
     "postgresql": "django.db.backends.postgresql",
     "mysql": "django.db.backends.mysql",
 }
@@ -108,7 +108,7 @@ def main() -> int:
     parser.add_argument("--engine", help="ENGINE module (default: the stock Django backend)")
     parser.add_argument("modules", nargs="*", default=DEFAULT_MODULES)
     args = parser.parse_args()
-    engine = args.engine or DEFAULT_ENGINES[args.vendor]
+    engine = args.engine or STOCK_ENGINES[args.vendor]
     tests = suite_dir()
     module = write_settings(tests, args.vendor, engine)
     print(

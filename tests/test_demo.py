@@ -55,7 +55,7 @@ def test_demo_serves_pages_and_ctrl_c_cleans_up(demo_tmpdir: Path) -> None:
     env.pop("DATABASE_URL", None)
     env.update({"DEMO_BIND": bind, "TMPDIR": str(demo_tmpdir), "PYTHONUNBUFFERED": "1"})
     if settings.DATABASE_VENDOR == "mysql":
-        env["DATABASE_URL"] = os.environ[MYSQL_URL_VAR]
+        env["DATABASE_URL"] = "mysqlpool://" + os.environ[MYSQL_URL_VAR].split("://", 1)[1]
     demo = subprocess.Popen(
         [sys.executable, str(ROOT / "example_project" / "demo.py")],
         env=env,
@@ -98,6 +98,7 @@ def test_demo_serves_pages_and_ctrl_c_cleans_up(demo_tmpdir: Path) -> None:
     text = "".join(output)
     assert status == 0, text
     assert "demo: stopped" in text
+    assert re.search(r"demo: database (pgpool|mysqlpool)://", text), text
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (
         processes_mentioning(str(demo_tmpdir)) or processes_mentioning(bind)

@@ -1,0 +1,180 @@
+"""Every system check, with its exact message and hint."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from django.core import checks
+from django.db import connections
+from django.test import override_settings
+
+from django_dbpool.checks import check_configuration, check_deployment
+
+# The checks read settings.DATABASES only; overriding it is what they are about.
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+
+PG = "django_dbpool.backends.postgresql"
+MY = "django_dbpool.backends.mysql"
+
+
+def databases(**aliases: dict[str, object]) -> dict[str, dict[str, object]]:
+    base = {"NAME": "app", "USER": "app", "PASSWORD": "pw", "HOST": "db", "PORT": ""}
+    return {alias: {**base, **config} for alias, config in aliases.items()}
+
+
+def only(messages: list[checks.CheckMessage]) -> checks.CheckMessage:
+    assert len(messages) == 1, messages
+    return messages[0]
+
+
+def test_clean_configuration_passes() -> None:
+    dbs = databases(
+        default={"ENGINE": PG, "POOL": {"MAX_SIZE": 5}, "OPTIONS": {"sslmode": "verify-full"}},
+        other={"ENGINE": MY, "OPTIONS": {"ssl_mode": "VERIFY_IDENTITY", "ssl": {"ca": "/ca"}}},
+        stock={"ENGINE": "django.db.backends.postgresql", "CONN_MAX_AGE": 60},
+    )
+    with override_settings(DATABASES=dbs):
+        assert check_configuration() == []
+        assert check_deployment() == []
+
+
+def test_e001_invalid_pool_option() -> None:
+    with override_settings(DATABASES=databases(default={"ENGINE": PG, "POOL": {"MAX_SIZE": -1}})):
+        message = only(check_configuration())
+    assert message.id == "django_dbpool.E001"
+    assert isinstance(message, checks.Error)
+    assert message.msg == (
+        "DATABASES['default']: POOL option MAX_SIZE=-1 is invalid; expected an integer >= 1."
+    )
+    assert message.hint == (
+        "Fix the option in DATABASES[...]['POOL'] (or the pool_* query parameter of "
+        "DATABASE_URL); the README lists every option."
+    )
+
+
+def test_e002_djangos_own_pool_option() -> None:
+    with override_settings(DATABASES=databases(default={"ENGINE": PG, "OPTIONS": {"pool": True}})):
+        message = only(check_configuration())
+    assert message.id == "django_dbpool.E002"
+    assert message.msg == (
+        "DATABASES['default'] uses django_dbpool.backends.postgresql and also Django's own "
+        "pool (OPTIONS['pool']): connections would be pooled twice."
+    )
+    assert message.hint == (
+        "Remove OPTIONS['pool'] and put pool settings in DATABASES[...]['POOL']."
+    )
+
+
+@pytest.mark.parametrize("max_age", [60, None])
+def test_e003_conn_max_age(max_age: int | None) -> None:
+    with override_settings(DATABASES=databases(default={"ENGINE": MY, "CONN_MAX_AGE": max_age})):
+        message = only(check_configuration())
+    assert message.id == "django_dbpool.E003"
+    assert message.msg == (
+        f"DATABASES['default'] sets CONN_MAX_AGE={max_age!r}: with a pool, a thread would "
+        "keep its connection between requests, so the pool's bound would run out as soon "
+        "as there are more threads than MAX_SIZE."
+    )
+    assert message.hint == (
+        "Set CONN_MAX_AGE to 0 (the default): connections go back to the pool at the end "
+        "of each request and are reused from there."
+    )
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "allow", "prefer", "require", None])
+def test_w001_postgresql_tls_that_does_not_verify(sslmode: str | None) -> None:
+    options = {} if sslmode is None else {"sslmode": sslmode}
+    with override_settings(DATABASES=databases(default={"ENGINE": PG, "OPTIONS": options})):
+        message = only(check_deployment())
+    assert message.id == "django_dbpool.W001"
+    assert isinstance(message, checks.Warning)
+    assert message.msg == (
+        f"DATABASES['default'] connects with sslmode={sslmode or 'prefer'!r}, which does not "
+        "verify the server: a man in the middle can read and change every query."
+    )
+    assert message.hint == (
+        "Set OPTIONS={'sslmode': 'verify-full', 'sslrootcert': '/path/to/ca.pem'} "
+        "(sslrootcert: the CA bundle that signed the server's certificate, a private CA "
+        "included)."
+    )
+
+
+@pytest.mark.parametrize("options", [{}, {"ssl_mode": "REQUIRED"}, {"ssl": {"cert": "/c"}}])
+def test_w002_mysql_without_verified_tls(options: dict[str, object]) -> None:
+    with override_settings(DATABASES=databases(default={"ENGINE": MY, "OPTIONS": options})):
+        message = only(check_deployment())
+    assert message.id == "django_dbpool.W002"
+    assert message.msg == (
+        "DATABASES['default'] connects to MySQL/MariaDB without TLS that verifies the server."
+    )
+    assert message.hint == (
+        "Set OPTIONS={'ssl_mode': 'VERIFY_IDENTITY', 'ssl': {'ca': '/path/to/ca.pem'}} "
+        "(ca: the CA bundle that signed the server's certificate, a private CA included)."
+    )
+
+
+def test_w003_empty_password() -> None:
+    config = {"ENGINE": PG, "PASSWORD": "", "OPTIONS": {"sslmode": "verify-full"}}
+    with override_settings(DATABASES=databases(default=config)):
+        message = only(check_deployment())
+    assert message.id == "django_dbpool.W003"
+    assert message.msg == "DATABASES['default'] has an empty PASSWORD."
+    assert message.hint == (
+        "Give the database user a password and set it in PASSWORD (or in DATABASE_URL)."
+    )
+
+
+def test_deployment_checks_run_only_under_deploy() -> None:
+    registered = checks.registry.registry
+    assert check_deployment in registered.deployment_checks
+    assert check_deployment not in registered.registered_checks
+    assert check_configuration in registered.registered_checks
+
+
+@pytest.mark.django_db(databases=["default", "small"])
+def test_database_check_connects_through_the_pool() -> None:
+    assert check_configuration(databases=["default"]) == []
+    assert connections["default"].pool.stats().acquired >= 1
+
+
+@pytest.mark.django_db(databases=["default", "small"])
+def test_e004_database_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "Wrong-Password-7f3a9c"
+    connections["small"].close()  # the check must open a connection, not reuse one
+    monkeypatch.setitem(connections["small"].settings_dict, "PASSWORD", secret)
+    try:
+        message = only(check_configuration(databases=["small"]))
+    finally:
+        connections["small"].close_pool()
+    assert message.id == "django_dbpool.E004"
+    assert message.msg.startswith("DATABASES['small']: could not run SELECT 1 through the pool: ")
+    assert secret not in message.msg
+    assert message.hint == (
+        "Check HOST, PORT, NAME, USER and PASSWORD, and that the server accepts connections "
+        "from this host."
+    )
+
+
+@pytest.mark.django_db(databases=["default", "small"])
+def test_w004_more_connections_than_the_server_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "1000")
+    with connections["default"].cursor() as cursor:
+        if connections["default"].vendor == "postgresql":
+            cursor.execute(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"
+            )
+        else:
+            cursor.execute("SELECT @@max_connections")
+        limit = cursor.fetchone()[0]
+    max_size = settings.DATABASES["default"]["POOL"]["MAX_SIZE"]
+    message = only(check_configuration(databases=["default"]))
+    assert message.id == "django_dbpool.W004"
+    assert message.msg == (
+        f"DATABASES['default']: MAX_SIZE {max_size} x 1000 worker process(es) = "
+        f"{max_size * 1000} connections, but the server allows {limit} for this application."
+    )
+    assert message.hint == (
+        "Lower MAX_SIZE or the number of workers (WEB_CONCURRENCY), raise the server's "
+        "max_connections, or put PgBouncer in front of PostgreSQL."
+    )
