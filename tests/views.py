@@ -16,3 +16,18 @@ def session_id(request: HttpRequest) -> HttpResponse:
     with connection.cursor() as cursor:
         cursor.execute(SESSION_ID_SQL[connection.vendor])
         return HttpResponse(str(cursor.fetchone()[0]))
+
+
+def create_then_fail(request: HttpRequest) -> HttpResponse:
+    """Writes a row, then fails: under ATOMIC_REQUESTS the row must not survive."""
+    from example_project.bank.models import Account
+
+    Account.objects.create(name="Written before the failure", balance=1)
+    raise RuntimeError("the view failed after writing")
+
+
+async def async_session_id(request: HttpRequest) -> HttpResponse:
+    """An async view using the ORM's connection through sync_to_async."""
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(session_id)(request)

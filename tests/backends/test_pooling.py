@@ -197,3 +197,21 @@ def test_reset_sets_django_session_up_again() -> None:
                 assert cursor.fetchone() == (0, 1)
         wrapper.close()
     assert wrapper.pool.stats().opened == 1
+
+
+def test_atomic_requests_roll_back_a_failed_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    status, _ = wsgi_get("/probe/create-then-fail/")
+    assert status == 500
+    assert connection.pool.stats().in_use == 0  # given back despite the failure
+    assert not Account.objects.filter(name="Written before the failure").exists()
+
+
+def test_async_view_uses_pooled_connections() -> None:
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    response = async_to_sync(AsyncClient().get)("/probe/async-session/")
+    assert response.status_code == 200
+    int(response.content)  # the session id the ORM reported from its executor thread
+    assert connection.pool.stats().acquired >= 1
