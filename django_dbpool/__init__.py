@@ -28,4 +28,11 @@ def register_url_schemes() -> None:
         environ.Env.POSTGRES_FAMILY.append("pgpool")
 
 
+def close_all_pools(timeout: float | None = None) -> dict[str, object]:
+    """Drain and close every pool of this process (see ``django_dbpool.shutdown``)."""
+    from .shutdown import close_all_pools as close
+
+    return dict(close(timeout))
+
+
 register_url_schemes()

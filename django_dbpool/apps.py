@@ -11,3 +11,7 @@ class DbPoolConfig(AppConfig):
     def ready(self) -> None:
         # Wiring only: no I/O, no database. Importing the module registers the checks.
         from . import checks  # noqa: F401
+        from .conf import app_settings
+        from .shutdown import install
+
+        install(handlers=app_settings.SHUTDOWN_HANDLERS)

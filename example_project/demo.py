@@ -28,9 +28,6 @@ from tests.dbservers import (  # noqa: E402
     wait_child,
 )
 
-WORKERS = 2
-THREADS = 4
-
 
 def manage(env: dict[str, str], *args: str) -> None:
     subprocess.run(
@@ -75,12 +72,8 @@ def serve(database_url: str, workdir: Path, bind: str) -> int:
             "-m",
             "gunicorn",
             "example_project.wsgi",
-            "--workers",
-            str(WORKERS),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            str(THREADS),
+            "--config",
+            str(ROOT / "example_project" / "gunicorn.conf.py"),
             "--bind",
             bind,
             "--chdir",
@@ -105,6 +98,9 @@ def serve(database_url: str, workdir: Path, bind: str) -> int:
         f"demo: ready. Open:\n"
         f"  {base}/                 accounts and the transfer form\n"
         f"  {base}/admin/           admin (user: admin, password: {password})\n"
+        f"  {base}/report/          a slow report (a one-second query in a transaction)\n"
+        f"  {base}/health/live      liveness: the process answers\n"
+        f"  {base}/health/ready     readiness: every pooled database answers\n"
         "demo: press Ctrl-C to stop; the throwaway database and its files are removed.\n",
         flush=True,
     )

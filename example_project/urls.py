@@ -7,6 +7,7 @@ from django.views.static import serve
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
+    path("health/", include("django_dbpool.urls")),
     path("", include("example_project.bank.urls")),
 ]
 

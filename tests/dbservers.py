@@ -8,7 +8,8 @@ Command line::
     python tests/dbservers.py [--postgres] [--mysql] -- COMMAND [ARGS...]
 
 The second form starts the servers (both when neither flag is given), exports
-``DBPOOL_TEST_POSTGRES_URL`` / ``DBPOOL_TEST_MYSQL_URL`` to COMMAND, waits for it, then
+``DBPOOL_TEST_POSTGRES_URL`` / ``DBPOOL_TEST_MYSQL_URL`` (and ``DBPOOL_TEST_POSTGRES_LOG``,
+the server's log file) to COMMAND, waits for it, then
 stops the servers and deletes their files whatever happened, and exits with COMMAND's
 status. A variable that is already set names a server to use instead: nothing is started
 for it.
@@ -46,6 +47,8 @@ from urllib.parse import quote
 
 POSTGRES_URL_VAR = "DBPOOL_TEST_POSTGRES_URL"
 MYSQL_URL_VAR = "DBPOOL_TEST_MYSQL_URL"
+# The server log of a PostgreSQL the launcher started (tests look for unclean disconnects).
+POSTGRES_LOG_VAR = "DBPOOL_TEST_POSTGRES_LOG"
 SERVER_USER = "dbpool"
 DATABASE_NAME = "dbpool"
 START_TIMEOUT = 90.0
@@ -482,6 +485,8 @@ def database_servers(postgres: bool = True, mysql: bool = True) -> Iterator[dict
             servers.append(server)
             server.start()
             urls[var] = server.url
+            if isinstance(server, PostgresServer):
+                urls[POSTGRES_LOG_VAR] = str(server.log)
         yield urls
     finally:
         for server in reversed(servers):

@@ -5,8 +5,10 @@ from django.urls import include, path
 from tests import views
 
 urlpatterns = [
+    path("health/", include("django_dbpool.urls")),
     path("probe/session/", views.session_id, name="probe-session"),
     path("probe/async-session/", views.async_session_id),
     path("probe/create-then-fail/", views.create_then_fail),
+    path("probe/small/", views.small_session_id),
     path("", include("example_project.urls")),
 ]

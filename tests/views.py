@@ -18,6 +18,15 @@ def session_id(request: HttpRequest) -> HttpResponse:
         return HttpResponse(str(cursor.fetchone()[0]))
 
 
+def small_session_id(request: HttpRequest) -> HttpResponse:
+    """One query through the deliberately small pool of the "small" alias."""
+    from django.db import connections
+
+    with connections["small"].cursor() as cursor:
+        cursor.execute(SESSION_ID_SQL[connections["small"].vendor])
+        return HttpResponse(str(cursor.fetchone()[0]))
+
+
 def create_then_fail(request: HttpRequest) -> HttpResponse:
     """Writes a row, then fails: under ATOMIC_REQUESTS the row must not survive."""
     from example_project.bank.models import Account

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
-__all__ = ["PooledWrapperMixin", "close_all_pools"]
+__all__ = ["PooledWrapperMixin", "pools", "take_all_pools"]
 
 
 class _Entry(NamedTuple):
@@ -314,11 +314,16 @@ class PooledWrapperMixin(_Base):
         return driver_options(super().get_connection_params())
 
 
-def close_all_pools(timeout: float | None = None) -> None:
-    """Close every pool of this process, waiting up to ``timeout`` seconds for borrowed
-    connections (default: each pool's ``DRAIN_TIMEOUT``). Idempotent."""
+def take_all_pools() -> dict[str, Pool[Any]]:
+    """Remove every pool from the registry and return them by alias, for closing. The next
+    connection of an alias opens a new pool."""
     with _pools_lock:
-        entries = list(_pools.values())
+        entries = dict(_pools)
         _pools.clear()
-    for entry in entries:
-        entry.pool.close(timeout=timeout)
+    return {alias: entry.pool for alias, entry in entries.items()}
+
+
+def pools() -> dict[str, Pool[Any]]:
+    """The open pools of this process, by alias (none before the first connection)."""
+    with _pools_lock:
+        return {alias: entry.pool for alias, entry in _pools.items()}

@@ -9,4 +9,5 @@ app_name = "bank"
 urlpatterns = [
     path("", views.account_list, name="accounts"),
     path("transfer/", views.transfer_view, name="transfer"),
+    path("report/", views.slow_report, name="report"),
 ]

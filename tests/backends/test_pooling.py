@@ -26,10 +26,16 @@ def session_id(alias: str = "default") -> int:
 
 
 @contextmanager
-def raw_connection() -> Iterator[Any]:
-    """A driver connection of its own to the test database, outside every pool."""
+def raw_connection(database: str = "test") -> Iterator[Any]:
+    """A driver connection of its own, outside every pool, to the test database or (with
+    ``database="real"``) to the server's real one, which the example project uses."""
     wrapper = connection
     params = wrapper.get_connection_params()
+    if database == "real":
+        from django.conf import settings
+
+        real = settings.DATABASE_URL.split("?", 1)[0].rsplit("/", 1)[1]
+        params["dbname" if wrapper.vendor == "postgresql" else "database"] = real
     if wrapper.vendor == "postgresql":
         import psycopg
 

@@ -1,0 +1,101 @@
+"""Run the example project in real processes against the suite's database server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from tests.dbservers import MYSQL_URL_VAR, POSTGRES_LOG_VAR, POSTGRES_URL_VAR
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = str(ROOT / "example_project" / "manage.py")
+
+
+def database_url() -> str:
+    """The suite's server, through django_dbpool's ENGINE, on its real (non-test) database."""
+    if settings.DATABASE_VENDOR == "postgresql":
+        return "pgpool://" + os.environ[POSTGRES_URL_VAR].split("://", 1)[1]
+    return "mysqlpool://" + os.environ[MYSQL_URL_VAR].split("://", 1)[1]
+
+
+def project_env(**extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def manage(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, MANAGE, *args],
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        **kwargs,
+    )
+
+
+def raw_query(sql: str) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on the real database in a driver connection of its own."""
+    from tests.backends.test_pooling import raw_connection
+
+    with raw_connection(database="real") as conn:
+        cursor = conn.cursor()
+        cursor.execute(sql)
+        return list(cursor.fetchall())
+
+
+def app_sessions() -> int:
+    """Sessions on the real database other than the one asking."""
+    if settings.DATABASE_VENDOR == "postgresql":
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+    else:
+        sql = (
+            "SELECT COUNT(*) FROM information_schema.processlist"
+            " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+        )
+    return int(raw_query(sql)[0][0])
+
+
+def wait_for_no_app_sessions(limit: float = 30) -> int:
+    deadline = time.monotonic() + limit
+    while (count := app_sessions()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return count
+
+
+class UncleanDisconnects:
+    """Counts the server's reports of clients that went away without closing properly:
+    PostgreSQL's 'unexpected EOF ... open transaction' log lines, MariaDB's Aborted_clients."""
+
+    def __init__(self) -> None:
+        self.start = self._count()
+
+    def _count(self) -> int:
+        if settings.DATABASE_VENDOR == "postgresql":
+            log = Path(os.environ[POSTGRES_LOG_VAR]).read_text(errors="replace")
+            return log.count("unexpected EOF on client connection") + log.count(
+                "could not receive data from client"
+            )
+        return int(raw_query("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")[0][1])
+
+    def since(self) -> int:
+        return self._count() - self.start
