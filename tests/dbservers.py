@@ -218,7 +218,15 @@ class _Server:
             return {}
         return {"user": self.account.pw_uid, "group": self.account.pw_gid, "extra_groups": []}
 
+    def restart(self) -> None:
+        """Start the stopped server again on the same data, port and password (fault
+        tests: a database that goes away and comes back)."""
+        self.stop()
+        self._spawn(self._args)
+        self._wait_ready(self._probe)
+
     def _spawn(self, args: list[str]) -> None:
+        self._args = args
         log = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self._own(self.log)
         self._log_handle = log
@@ -233,6 +241,7 @@ class _Server:
         )
 
     def _wait_ready(self, probe: Callable[[], bool]) -> None:
+        self._probe = probe
         deadline = time.monotonic() + START_TIMEOUT
         assert self.process is not None
         while time.monotonic() < deadline:
@@ -491,6 +500,22 @@ def database_servers(postgres: bool = True, mysql: bool = True) -> Iterator[dict
     finally:
         for server in reversed(servers):
             server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_server(vendor: str) -> Iterator[_Server]:
+    """One throwaway server of ``vendor`` ("postgresql" or "mysql") that the caller may stop
+    and restart; always stopped and removed afterwards."""
+    cls: type[_Server] = PostgresServer if vendor == "postgresql" else MariaDBServer
+    base = Path(tempfile.mkdtemp(prefix="dbpool-server-"))
+    base.chmod(0o755)
+    server = cls(base, server_account())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -84,7 +84,8 @@ def wait_for_no_app_sessions(limit: float = 30) -> int:
 
 class UncleanDisconnects:
     """Counts the server's reports of clients that went away without closing properly:
-    PostgreSQL's 'unexpected EOF ... open transaction' log lines, MariaDB's Aborted_clients."""
+    on PostgreSQL, the real database's sessions_abandoned and the 'unexpected EOF' /
+    'could not receive data' log lines; on MariaDB, Aborted_clients."""
 
     def __init__(self) -> None:
         self.start = self._count()
@@ -92,8 +93,13 @@ class UncleanDisconnects:
     def _count(self) -> int:
         if settings.DATABASE_VENDOR == "postgresql":
             log = Path(os.environ[POSTGRES_LOG_VAR]).read_text(errors="replace")
-            return log.count("unexpected EOF on client connection") + log.count(
-                "could not receive data from client"
+            abandoned = raw_query(
+                "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()"
+            )[0][0]
+            return (
+                int(abandoned)
+                + log.count("unexpected EOF on client connection")
+                + log.count("could not receive data from client")
             )
         return int(raw_query("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")[0][1])
 

@@ -1,0 +1,186 @@
+"""The example project under a real gunicorn (2 gthread workers): readiness follows the
+database down and back up, and SIGTERM drains under load with nothing lost."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from django.conf import settings
+
+from tests import processes
+from tests.dbservers import free_port, private_server
+
+
+@contextmanager
+def gunicorn(database_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "example_project.wsgi",
+            "--config",
+            str(processes.ROOT / "example_project" / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            str(processes.ROOT),
+            "--no-control-socket",
+            "--graceful-timeout",
+            "60",
+        ],
+        env=processes.project_env(DATABASE_URL=database_url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health/live", timeout=5).close()
+                break
+            except OSError:
+                assert server.poll() is None, "gunicorn exited"
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.1)
+        yield server, base
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_readiness_follows_the_database_down_and_back_up() -> None:
+    scheme = {"postgresql": "pgpool", "mysql": "mysqlpool"}[settings.DATABASE_VENDOR]
+    with private_server(settings.DATABASE_VENDOR) as db:
+        url = f"{scheme}://{db.url.split('://', 1)[1]}"
+        with gunicorn(url) as (_, base):
+            status, body = get(f"{base}/health/ready")
+            assert status == 200, body
+            assert json.loads(body)["status"] == "ready"
+
+            db.stop()
+            # Every answer comes back (nothing hangs) and says 503, whichever worker and
+            # whatever state its pool is in (idle connections dead, or connects refused).
+            for _ in range(6):
+                status, body = get(f"{base}/health/ready")
+                assert status == 503, body
+                assert json.loads(body)["status"] == "unavailable"
+            assert get(f"{base}/health/live")[0] == 200
+
+            db.restart()
+            deadline = time.monotonic() + 60
+            statuses: list[int] = []
+            while time.monotonic() < deadline:
+                statuses.append(get(f"{base}/health/ready")[0])
+                if statuses[-3:] == [200, 200, 200]:
+                    break
+                time.sleep(0.2)
+            assert statuses[-3:] == [200, 200, 200], statuses
+
+
+class Load:
+    """Client threads sending GET / and the slow /report/ until told to stop; a request is
+    begun only while not stopping, so that every request begun must be answered."""
+
+    def __init__(self, base: str, clients: int) -> None:
+        self.host, port = base.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.in_flight = 0
+        self.connected = threading.Condition(self.lock)
+        self.unconnected = 0
+        self.results: list[int | str] = []
+        self.threads = [threading.Thread(target=self._client, args=(n,)) for n in range(clients)]
+
+    def _client(self, n: int) -> None:
+        for i in range(10_000):  # bounded; ends long before this at stop()
+            with self.lock:
+                if self.stopping:
+                    return
+                self.in_flight += 1
+                self.unconnected += 1
+            path = "/report/" if (n + i) % 4 == 0 else "/"
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            try:
+                try:
+                    conn.connect()
+                finally:
+                    with self.lock:
+                        self.unconnected -= 1
+                        self.connected.notify_all()
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                outcome: int | str = response.status
+            except Exception as exc:  # every failure is reported by the test
+                outcome = f"{path}: {type(exc).__name__}: {exc}"
+            finally:
+                conn.close()
+            with self.lock:
+                self.in_flight -= 1
+                self.results.append(outcome)
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def stop_starting(self) -> None:
+        """No new request after this returns; those begun have their TCP connection."""
+        with self.lock:
+            self.stopping = True
+            self.connected.wait_for(lambda: self.unconnected == 0, timeout=30)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(120)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sigterm_drains_under_load_with_every_request_answered() -> None:
+    processes.manage("migrate", "--noinput", "-v", "0")
+    processes.manage("demo_data")
+    unclean = processes.UncleanDisconnects()
+    with gunicorn(processes.database_url()) as (server, base):
+        load = Load(base, clients=12)
+        load.start()
+        deadline = time.monotonic() + 30
+        # Run until slow requests are in flight and some requests are done.
+        while time.monotonic() < deadline:
+            with load.lock:
+                if len(load.results) >= 20 and load.in_flight >= 6:
+                    break
+            time.sleep(0.05)
+        load.stop_starting()
+        with load.lock:
+            in_flight_at_sigterm = load.in_flight
+        server.send_signal(signal.SIGTERM)
+        load.join()
+        assert server.wait(90) == 0
+    assert in_flight_at_sigterm > 0
+    failures = [r for r in load.results if r != 200]
+    assert failures == []
+    assert len(load.results) >= 20
+    assert processes.wait_for_no_app_sessions() == 0
+    assert unclean.since() == 0
