@@ -155,3 +155,13 @@ def test_retry_after_header() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_other_errors_stay_500() -> None:
     assert wsgi_get("/probe/create-then-fail/")[0] == 500
+
+
+@pytest.mark.django_db(transaction=True, databases=ALIASES)
+def test_ready_under_the_async_handler() -> None:
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    response = async_to_sync(AsyncClient().get)("/health/ready")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ready"

@@ -191,3 +191,23 @@ def test_sigint_on_runserver_finishes_the_request_in_flight_and_drains() -> None
             server.wait()
     assert processes.wait_for_no_app_sessions() == 0
     assert unclean.since() == 0
+
+
+def test_celery_worker_process_shutdown_is_connected_when_celery_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import types
+
+    from django.dispatch import Signal
+
+    worker_process_shutdown = Signal()
+    celery = types.ModuleType("celery")
+    celery_signals = types.ModuleType("celery.signals")
+    celery_signals.worker_process_shutdown = worker_process_shutdown  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "celery", celery)
+    monkeypatch.setitem(sys.modules, "celery.signals", celery_signals)
+    drained: list[bool] = []
+    monkeypatch.setattr(shutdown, "close_all_pools", lambda timeout=None: drained.append(True))
+    shutdown.install(handlers=False)
+    worker_process_shutdown.send(sender=None, pid=1, exitcode=0)
+    assert drained == [True]
