@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -83,6 +84,10 @@ def serve(database_url: str, workdir: Path, bind: str) -> int:
             "--no-control-socket",
         ],
         env=env,
+        # A session of its own: on Ctrl-C the demo sends gunicorn's master one SIGTERM (a
+        # graceful stop) instead of the terminal signalling the master and every worker
+        # at once, which races with the master's own SIGQUIT to its workers.
+        start_new_session=True,
     )
     try:
         wait_listening(host, int(port), server)
@@ -91,7 +96,7 @@ def serve(database_url: str, workdir: Path, bind: str) -> int:
         server.wait()
         raise
     except KeyboardInterrupt:
-        return wait_child(server)
+        return wait_child(server, signal.SIGTERM)
     base = f"http://{bind}"
     print(
         "\n"
@@ -104,7 +109,7 @@ def serve(database_url: str, workdir: Path, bind: str) -> int:
         "demo: press Ctrl-C to stop; the throwaway database and its files are removed.\n",
         flush=True,
     )
-    return wait_child(server)
+    return wait_child(server, signal.SIGTERM)
 
 
 def pooled(url: str) -> str:

@@ -537,15 +537,18 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def wait_child(child: subprocess.Popen[bytes]) -> int:
-    """Wait for CHILD; on Ctrl-C or SIGTERM, interrupt it too and wait (kill after
+def wait_child(
+    child: subprocess.Popen[bytes], interrupt: signal.Signals = signal.SIGINT
+) -> int:
+    """Wait for CHILD; on Ctrl-C or SIGTERM, send it ``interrupt`` and wait (kill after
     STOP_TIMEOUT). Returns its exit status, 128+N when killed by signal N."""
     try:
         status = child.wait()
     except KeyboardInterrupt:
-        # From a terminal the child already got the SIGINT; from SIGTERM it did not.
+        # A child in our process group already got a terminal's SIGINT; one in a session of
+        # its own, or any child when we got SIGTERM, did not.
         with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signal.SIGINT)
+            child.send_signal(interrupt)
         try:
             status = child.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
