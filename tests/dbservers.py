@@ -537,9 +537,7 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def wait_child(
-    child: subprocess.Popen[bytes], interrupt: signal.Signals = signal.SIGINT
-) -> int:
+def wait_child(child: subprocess.Popen[bytes], interrupt: signal.Signals = signal.SIGINT) -> int:
     """Wait for CHILD; on Ctrl-C or SIGTERM, send it ``interrupt`` and wait (kill after
     STOP_TIMEOUT). Returns its exit status, 128+N when killed by signal N."""
     try:
