@@ -13,5 +13,7 @@ class DbPoolConfig(AppConfig):
         from . import checks  # noqa: F401
         from .conf import app_settings
         from .shutdown import install
+        from .tagging import tag_management_command
 
         install(handlers=app_settings.SHUTDOWN_HANDLERS)
+        tag_management_command()

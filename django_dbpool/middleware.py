@@ -1,4 +1,5 @@
-"""Middleware: 503 with ``Retry-After`` when the pool cannot serve a request.
+"""Middleware: ``ConnectionTagMiddleware`` (see ``django_dbpool.tagging``), and a 503 with
+``Retry-After`` when the pool cannot serve a request.
 
 Add ``"django_dbpool.middleware.PoolUnavailableMiddleware"`` to ``MIDDLEWARE``. A
 ``PoolTimeout``, ``PoolExhausted`` or ``PoolUnavailable`` raised by the view (or by anything
@@ -17,8 +18,14 @@ from django.utils.deprecation import MiddlewareMixin
 
 from .conf import app_settings
 from .pool import PoolExhausted, PoolTimeout, PoolUnavailable
+from .tagging import ConnectionTagMiddleware
 
-__all__ = ["POOL_ERRORS", "PoolUnavailableMiddleware", "unavailable_response"]
+__all__ = [
+    "POOL_ERRORS",
+    "ConnectionTagMiddleware",
+    "PoolUnavailableMiddleware",
+    "unavailable_response",
+]
 
 logger = logging.getLogger("django_dbpool")
 

@@ -10,8 +10,17 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"database: {settings.DATABASE_VENDOR} at {redact(settings.DATABASE_URL)}"
 
 
-def wsgi_get(path: str) -> tuple[int, bytes]:
-    """GET ``path`` through Django's real WSGI handler, as a server would.
+def wsgi_get(path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """GET ``path`` through Django's real WSGI handler: (status, body). See wsgi_request."""
+    status, _, body = wsgi_request(path, headers)
+    return status, body
+
+
+def wsgi_request(
+    path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """GET ``path`` (with an optional query string) through Django's real WSGI handler, as
+    a server would: (status, response headers, body).
 
     Unlike Django's test client, this keeps ``close_old_connections`` connected to the
     request signals, so the connection goes back to the pool at the end of the request.
@@ -20,10 +29,11 @@ def wsgi_get(path: str) -> tuple[int, bytes]:
 
     from django.core.handlers.wsgi import WSGIHandler
 
+    path_info, _, query = path.partition("?")
     environ = {
         "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
+        "PATH_INFO": path_info,
+        "QUERY_STRING": query,
         "SERVER_NAME": "testserver",
         "SERVER_PORT": "80",
         "wsgi.url_scheme": "http",
@@ -31,10 +41,15 @@ def wsgi_get(path: str) -> tuple[int, bytes]:
         "wsgi.errors": BytesIO(),
         "HTTP_HOST": "testserver",
     }
-    status: list[str] = []
-    response = WSGIHandler()(environ, lambda s, headers, exc_info=None: status.append(s))
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+    response = WSGIHandler()(
+        environ, lambda status, headers, exc_info=None: started.append((status, headers))
+    )
     try:
         body = b"".join(response)
     finally:
         response.close()  # sends request_finished, as every WSGI server does
-    return int(status[0].split()[0]), body
+    status, response_headers = started[0]
+    return int(status.split()[0]), dict(response_headers), body

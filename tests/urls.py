@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from tests import views
 
@@ -10,5 +10,8 @@ urlpatterns = [
     path("probe/async-session/", views.async_session_id),
     path("probe/create-then-fail/", views.create_then_fail),
     path("probe/small/", views.small_session_id),
+    path("probe/sleep/", views.sleep),
+    path("probe/echo/", views.echo),
+    re_path(r"^probe/odd\*/(?P<rest>.*)$", views.echo),  # a route that contains "*/"
     path("", include("example_project.urls")),
 ]

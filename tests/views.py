@@ -40,3 +40,18 @@ async def async_session_id(request: HttpRequest) -> HttpResponse:
     from asgiref.sync import sync_to_async
 
     return await sync_to_async(session_id)(request)
+
+
+def sleep(request: HttpRequest) -> HttpResponse:
+    """A slow query (a second and a half), to be seen in the database's activity view."""
+    sql = {"postgresql": "SELECT pg_sleep(1.5)", "mysql": "SELECT SLEEP(1.5)"}
+    with connection.cursor() as cursor:
+        cursor.execute(sql[connection.vendor])
+    return HttpResponse("slept")
+
+
+def echo(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Sends the ``q`` parameter through the database as a query parameter and back."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s", [request.GET.get("q", "")])
+        return HttpResponse(cursor.fetchone()[0])

@@ -21,11 +21,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.utils import DatabaseErrorWrapper
 from django.utils.functional import cached_property
 
+from .. import tagging
 from ..options import alias_options, driver_options
 from ..pool import ConnectionAdapter, Pool
+from .cursors import tagging_cursor_class
 
 if TYPE_CHECKING:
     _Base = BaseDatabaseWrapper
@@ -94,6 +97,7 @@ class PooledWrapperMixin(_Base):
         self._dbpool_configured = False
         self._dbpool_configure_lock = threading.Lock()
         self._dbpool_lock_pid = os.getpid()
+        self._dbpool_app_tag: tuple[int, str] = (0, "")
 
     # -- Django's pool vocabulary -------------------------------------------------------------
 
@@ -187,6 +191,27 @@ class PooledWrapperMixin(_Base):
     def wrap_database_errors(self) -> DatabaseErrorWrapper:
         return _PoolErrorWrapper(self)
 
+    # -- tagging ------------------------------------------------------------------------------
+
+    def make_cursor(self, cursor: Any) -> CursorWrapper:
+        wrapper = super().make_cursor(cursor)
+        wrapper.__class__ = tagging_cursor_class(type(wrapper))
+        return wrapper
+
+    def make_debug_cursor(self, cursor: Any) -> CursorDebugWrapper:
+        wrapper = super().make_debug_cursor(cursor)
+        wrapper.__class__ = tagging_cursor_class(type(wrapper))  # type: ignore[assignment]
+        return wrapper
+
+    def dbpool_app_tag(self) -> str:
+        """The process tag of this alias (``application_name``), for query comments;
+        rendered once per process."""
+        pid, text = self._dbpool_app_tag
+        if pid != os.getpid():
+            text = tagging.application_name(self.alias)
+            self._dbpool_app_tag = (os.getpid(), text)
+        return text
+
     # -- vendor hooks ---------------------------------------------------------------------------
 
     def make_pool_adapter(self, full_reset: bool) -> ConnectionAdapter[Any]:
@@ -254,6 +279,7 @@ class PooledWrapperMixin(_Base):
             opener.make_pool_adapter(full_reset=options.reset),
             options.pool,
             name=self.alias,
+            holder_info=tagging.holder_info,
             is_transient=self.connect_error_is_transient,
         )
         entry = _Entry(

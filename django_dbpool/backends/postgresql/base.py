@@ -9,6 +9,7 @@ from typing import Any, cast
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base as stock
 
+from ... import tagging
 from ..base import PooledWrapperMixin
 
 try:
@@ -67,6 +68,15 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
         # nothing is left in a transaction.
         connection.autocommit = True
         cast(Any, self)._configure_connection(connection)
+
+    def get_connection_params(self) -> dict[str, Any]:
+        params = super().get_connection_params()
+        if not self.dbpool_private:
+            return params
+        # Physical connections (opened by the private wrapper) carry the process tag,
+        # rendered at each connect so that a forked child's connections name the child.
+        params.setdefault("application_name", tagging.application_name(self.alias))
+        return params
 
     def check_connection_settings(self) -> None:
         level = self.settings_dict["OPTIONS"].get("isolation_level")
