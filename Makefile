@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := postgresql,mysql,environ,prometheus
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck suites pytest-all django-suite packaging demo bench-pool system-deps clean
+.PHONY: test lint typecheck suites pytest-all django-suite packaging demo bench-pool bench-tagging system-deps clean
 
 ## test: lint, type-check, our suite and Django's on PostgreSQL and on MariaDB, packaging.
 test: system-deps $(STAMP)
@@ -56,6 +56,10 @@ demo: system-deps $(STAMP)
 bench-pool: $(STAMP)
 	$(PY) -m pip install -q -r benchmarks/requirements.txt
 	$(PY) benchmarks/pool_cycle.py
+
+## bench-tagging: per-statement cost of query comments, tagging off and on (no server needed).
+bench-tagging: $(STAMP)
+	$(PY) benchmarks/tagging.py
 
 # Server binaries and the mysqlclient build dependencies; installed with apt-get when root.
 system-deps:

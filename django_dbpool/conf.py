@@ -12,6 +12,9 @@ setting                              default   meaning
                                                <token>`` see them too
 ``DBPOOL_SHUTDOWN_HANDLERS``         ``True``  install the SIGTERM/SIGINT drain handlers
 ``DBPOOL_RETRY_AFTER``               ``5``     ``Retry-After`` seconds of the 503 responses
+``DBPOOL_APPLICATION_NAME``          see       the process tag's template (``{project}``,
+                                     tagging   ``{host}``, ``{pid}``, ``{alias}``)
+``DBPOOL_SQL_COMMENT_REQUEST_ID``    ``False`` add the request id to query comments
 ==================================== ========= =============================================
 """
 
@@ -32,6 +35,8 @@ _DEFAULTS: dict[str, Any] = {
     "DBPOOL_HEALTH_TOKEN": None,
     "DBPOOL_SHUTDOWN_HANDLERS": True,
     "DBPOOL_RETRY_AFTER": 5,
+    "DBPOOL_APPLICATION_NAME": "{project}:{host}:{pid}:{alias}",
+    "DBPOOL_SQL_COMMENT_REQUEST_ID": False,
 }
 
 
@@ -83,6 +88,26 @@ class AppSettings:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             self._bad("DBPOOL_RETRY_AFTER", value, "a whole number of seconds >= 0")
         return int(value)
+
+    @property
+    def APPLICATION_NAME(self) -> str:
+        value = self._get("DBPOOL_APPLICATION_NAME")
+        fields = {"project": "", "host": "", "pid": "", "alias": ""}
+        try:
+            if not isinstance(value, str):
+                raise TypeError
+            value.format(**fields)
+        except (TypeError, KeyError, IndexError, ValueError):
+            self._bad(
+                "DBPOOL_APPLICATION_NAME",
+                value,
+                "a string using only {project}, {host}, {pid} and {alias}",
+            )
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def SQL_COMMENT_REQUEST_ID(self) -> bool:
+        return self._bool("DBPOOL_SQL_COMMENT_REQUEST_ID")
 
     def _get(self, name: str) -> Any:
         return getattr(django_settings, name, _DEFAULTS[name])

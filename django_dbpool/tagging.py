@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -44,7 +45,6 @@ _process_tags: dict[str, str] = {}
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _POSTGRES_NAME_LIMIT = 63  # bytes: NAMEDATALEN - 1
-DEFAULT_APPLICATION_NAME = "{project}:{host}:{pid}:{alias}"
 
 
 def current_tags() -> Mapping[str, str] | None:
@@ -84,9 +84,11 @@ def holder_info() -> str | None:
 def application_name(alias: str) -> str:
     """The process tag for ``alias``: ``DBPOOL_APPLICATION_NAME`` rendered now (the pid of
     this process), cut to PostgreSQL's 63 bytes."""
-    template = getattr(settings, "DBPOOL_APPLICATION_NAME", DEFAULT_APPLICATION_NAME)
+    from .conf import app_settings
+
+    template = app_settings.APPLICATION_NAME
     module = getattr(settings, "SETTINGS_MODULE", None) or "django"
-    text = str(template).format(
+    text = template.format(
         project=module.split(".")[0], host=socket.gethostname(), pid=os.getpid(), alias=alias
     )
     return text.encode()[:_POSTGRES_NAME_LIMIT].decode(errors="ignore")
@@ -107,9 +109,15 @@ def sql_comment(tags: Mapping[str, str], escape_percent: bool) -> str:
 _KEY = re.compile(r"[^A-Za-z0-9_]")
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_comment(items: tuple[tuple[str, str], ...], escape_percent: bool) -> str:
+    return sql_comment(dict(items), escape_percent)
+
+
 def with_comment(sql: str, tags: Mapping[str, str], escape_percent: bool) -> str:
-    """``sql`` with the comment appended (before a final semicolon, if any)."""
-    comment = sql_comment(tags, escape_percent)
+    """``sql`` with the comment appended (before a final semicolon, if any). The rendered
+    comment is cached: a request's statements share their tags."""
+    comment = _cached_comment(tuple(tags.items()), escape_percent)
     stripped = sql.rstrip()
     if stripped.endswith(";"):
         return f"{stripped[:-1]}{comment};"
@@ -162,6 +170,8 @@ def _make_middleware() -> type:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
     from django.http import HttpRequest, HttpResponse
 
+    from .conf import app_settings
+
     class ConnectionTagMiddleware:
         """Tags the database statements of each request with its route and view (and, with
         ``DBPOOL_SQL_COMMENT_REQUEST_ID``, its request id), and echoes ``X-Request-ID``.
@@ -207,7 +217,7 @@ def _make_middleware() -> type:
             # comment keys identify the endpoint, not the request.
             tags: dict[str, str] = {}
             request.dbpool_tags = tags  # type: ignore[attr-defined]
-            if getattr(settings, "DBPOOL_SQL_COMMENT_REQUEST_ID", False):
+            if app_settings.SQL_COMMENT_REQUEST_ID:
                 tags["request_id"] = request_id
             return tags
 

@@ -87,6 +87,12 @@ def test_statements_inside_a_tag_carry_the_process_tag_and_the_route() -> None:
         text = own_query_text()
     app = connection.dbpool_app_tag()
     assert text.endswith(f" /*app='{encoded(app)}',route='nightly-report'*/")
+
+    @tag(route="decorated")
+    def task() -> str:
+        return own_query_text()
+
+    assert task().endswith(f" /*app='{encoded(app)}',route='decorated'*/")
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
@@ -222,3 +228,39 @@ def test_pooled_connections_record_the_holders_tags() -> None:
     from django.db import connections
 
     assert connections["default"].pool._holder_info is tagging.holder_info
+
+
+def test_a_bad_application_name_template_is_named() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    with (
+        override_settings(DBPOOL_APPLICATION_NAME="{project}:{worker}"),
+        pytest.raises(ImproperlyConfigured, match=r"DBPOOL_APPLICATION_NAME='\{project\}:"),
+    ):
+        application_name("default")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_application_name_of_ones_own_wins() -> None:
+    from django.db.utils import ConnectionHandler
+
+    config = {**connection.settings_dict, "OPTIONS": dict(connection.settings_dict["OPTIONS"])}
+    if connection.vendor == "postgresql":
+        config["OPTIONS"]["application_name"] = "billing-worker"
+    handler = ConnectionHandler({"default": dict(config), "own": config})
+    wrapper = handler["own"]
+    try:
+        with wrapper.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute(
+                    "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                )
+                assert cursor.fetchone()[0] == "billing-worker"
+            else:
+                # No connection attributes through mysqlclient: the tag is in the comment.
+                with tag(route="r"):
+                    cursor.execute(OWN_QUERY_TEXT["mysql"])
+                    assert f"app='{encoded(application_name('own'))}'" in cursor.fetchone()[0]
+    finally:
+        wrapper.close()
+        wrapper.close_pool()

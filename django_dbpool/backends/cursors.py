@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db.backends.utils import CursorWrapper
 
-from ..tagging import current_tags, with_comment
+from ..tagging import _process_tags, _tags, current_tags, with_comment
 
 __all__ = ["tagging_cursor_class"]
 
@@ -22,8 +22,11 @@ class TaggingCursorMixin:
     db: Any
 
     def execute(self, sql: Any, params: Any = None) -> Any:
-        # With params the driver interpolates, so a literal % must be written %%.
-        return super().execute(self._tagged(sql, params is not None), params)  # type: ignore[misc]
+        # The check is inlined: untagged statements (the common case) pay one ContextVar read.
+        if _tags.get() is not None or _process_tags:
+            # With params the driver interpolates, so a literal % must be written %%.
+            sql = self._tagged(sql, params is not None)
+        return super().execute(sql, params)  # type: ignore[misc]
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
         return super().executemany(self._tagged(sql, True), param_list)  # type: ignore[misc]
