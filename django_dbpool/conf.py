@@ -15,11 +15,15 @@ setting                              default   meaning
 ``DBPOOL_APPLICATION_NAME``          see       the process tag's template (``{project}``,
                                      tagging   ``{host}``, ``{pid}``, ``{alias}``)
 ``DBPOOL_SQL_COMMENT_REQUEST_ID``    ``False`` add the request id to query comments
+``DBPOOL_STATS_DIR``                 ``None``  where processes publish their pool stats
+                                               (None: a per-project temp directory)
+``DBPOOL_STATS_INTERVAL``            ``1.0``   seconds between publications (0: never)
 ==================================== ========= =============================================
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +41,8 @@ _DEFAULTS: dict[str, Any] = {
     "DBPOOL_RETRY_AFTER": 5,
     "DBPOOL_APPLICATION_NAME": "{project}:{host}:{pid}:{alias}",
     "DBPOOL_SQL_COMMENT_REQUEST_ID": False,
+    "DBPOOL_STATS_DIR": None,
+    "DBPOOL_STATS_INTERVAL": 1.0,
 }
 
 
@@ -108,6 +114,20 @@ class AppSettings:
     @property
     def SQL_COMMENT_REQUEST_ID(self) -> bool:
         return self._bool("DBPOOL_SQL_COMMENT_REQUEST_ID")
+
+    @property
+    def STATS_DIR(self) -> str | None:
+        value = self._get("DBPOOL_STATS_DIR")
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            self._bad("DBPOOL_STATS_DIR", value, "a directory path, or None")
+        return None if value is None else os.fspath(value)
+
+    @property
+    def STATS_INTERVAL(self) -> float:
+        value = self._get("DBPOOL_STATS_INTERVAL")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            self._bad("DBPOOL_STATS_INTERVAL", value, "a number of seconds >= 0 (0: off)")
+        return float(value)
 
     def _get(self, name: str) -> Any:
         return getattr(django_settings, name, _DEFAULTS[name])

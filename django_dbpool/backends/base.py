@@ -25,7 +25,7 @@ from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.utils import DatabaseErrorWrapper
 from django.utils.functional import cached_property
 
-from .. import tagging
+from .. import snapshots, tagging
 from ..options import alias_options, driver_options
 from ..pool import ConnectionAdapter, Pool
 from .cursors import tagging_cursor_class
@@ -145,6 +145,7 @@ class PooledWrapperMixin(_Base):
         if not self._dbpool_enabled():
             return super().get_new_connection(conn_params)
         pool: Pool[Any] = self.pool
+        snapshots.ensure_publisher()
         connection = pool.acquire()
         self._dbpool_lease = pool
         self._dbpool_configured = True

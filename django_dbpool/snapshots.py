@@ -1,0 +1,238 @@
+"""One source of truth for every view of the pools: per-process snapshots in a directory.
+
+Each process with a pool publishes its stats about once a second (``DBPOOL_STATS_INTERVAL``)
+to ``<DBPOOL_STATS_DIR>/<host>-<pid>.json``, from a background thread (never on the
+checkout path), written atomically (a temporary file, then ``os.replace``). Reading the
+directory gives every pooled process on the host: ``poolstats``, the metrics and the admin
+page all read it. Files of processes that are gone are skipped and removed.
+
+A process's file: ``{"pid", "host", "process", "started_at", "updated_at", "interval",
+"pools": {alias: {"vendor", "stats" (PoolStats.as_dict()), "checkouts_per_second",
+"wait_p99_seconds", "options"}}}``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from .pool import PoolStats
+
+__all__ = [
+    "disable_publishing",
+    "ensure_publisher",
+    "publish_now",
+    "read_snapshots",
+    "stats_dir",
+    "totals",
+]
+
+logger = logging.getLogger("django_dbpool")
+
+_HOST = socket.gethostname()
+_started_at = time.time()
+_publisher_pid = 0
+_publisher_lock = threading.Lock()
+_previous: dict[str, tuple[float, int]] = {}  # alias -> (when, acquired) for rates
+
+
+def stats_dir() -> Path:
+    """``DBPOOL_STATS_DIR``, or a directory under the system temp directory that is distinct
+    per project (derived from the settings module's name and file)."""
+    from .conf import app_settings
+
+    configured = app_settings.STATS_DIR
+    if configured:
+        return Path(configured)
+    module_name = getattr(settings, "SETTINGS_MODULE", None) or "django"
+    module = sys.modules.get(module_name)
+    origin = f"{module_name}:{getattr(module, '__file__', '')}"
+    digest = hashlib.sha256(origin.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"django_dbpool-{module_name.split('.')[0]}-{digest}"
+
+
+def disable_publishing() -> None:
+    """This process never publishes (``poolstats`` itself, for one)."""
+    global _publisher_pid
+    _publisher_pid = os.getpid()
+
+
+def ensure_publisher() -> None:
+    """Start this process's publisher thread if it is not running (cheap to call often:
+    one comparison once it runs). A forked child starts its own."""
+    global _publisher_pid
+    if _publisher_pid == os.getpid():
+        return
+    with _publisher_lock:
+        if _publisher_pid == os.getpid():
+            return
+        from .conf import app_settings
+
+        interval = app_settings.STATS_INTERVAL
+        _publisher_pid = os.getpid()
+        _previous.clear()
+        if interval <= 0:
+            return
+        thread = threading.Thread(
+            target=_publish_loop, args=(interval,), name="django_dbpool publisher", daemon=True
+        )
+        thread.start()
+        atexit.register(_remove_own_file)
+
+
+def _publish_loop(interval: float) -> None:
+    pid = os.getpid()
+    while _publisher_pid == pid:
+        try:
+            publish_now()
+        except Exception:
+            logger.warning("publishing pool stats failed", exc_info=True)
+        time.sleep(interval)
+
+
+def _own_file(directory: Path) -> Path:
+    return directory / f"{_HOST}-{os.getpid()}.json"
+
+
+def publish_now() -> Path | None:
+    """Write this process's snapshot now; returns its path (None without pools)."""
+    from .backends.base import pools
+    from .conf import app_settings
+
+    current = pools()
+    if not current:
+        return None
+    from django.db import connections
+
+    now = time.time()
+    entries: dict[str, Any] = {}
+    for alias, pool in current.items():
+        stats = pool.stats()
+        entries[alias] = {
+            "vendor": connections[alias].vendor,
+            "stats": stats.as_dict(),
+            "checkouts_per_second": _rate(alias, now, stats.acquired),
+            "wait_p99_seconds": percentile(stats, "wait_seconds", 0.99),
+            "options": pool.options.as_settings(),
+        }
+    document = {
+        "pid": os.getpid(),
+        "host": _HOST,
+        "process": " ".join(os.path.basename(arg) for arg in sys.argv[:3])[:200],
+        "started_at": _started_at,
+        "updated_at": now,
+        "interval": app_settings.STATS_INTERVAL,
+        "pools": entries,
+    }
+    directory = stats_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = _own_file(directory)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(document, out)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return target
+
+
+def _rate(alias: str, now: float, acquired: int) -> float:
+    previous = _previous.get(alias)
+    _previous[alias] = (now, acquired)
+    if previous is None or now <= previous[0] or acquired < previous[1]:
+        return 0.0
+    return (acquired - previous[1]) / (now - previous[0])
+
+
+def percentile(stats: PoolStats, histogram: str, fraction: float) -> float | None:
+    """The upper bound of the bucket holding the ``fraction`` quantile (None if empty)."""
+    snapshot = getattr(stats, histogram)
+    if not snapshot.count:
+        return None
+    wanted = fraction * snapshot.count
+    for bound, cumulative in snapshot.buckets:
+        if cumulative >= wanted:
+            return float(min(bound, snapshot.max)) if bound != float("inf") else snapshot.max
+    return float(snapshot.max)
+
+
+def _remove_own_file() -> None:
+    with contextlib.suppress(OSError):
+        _own_file(stats_dir()).unlink()
+
+
+def read_snapshots(directory: Path | None = None) -> list[dict[str, Any]]:
+    """Every live process's latest snapshot on this host, oldest process first. Files of
+    processes that no longer exist are removed."""
+    directory = directory or stats_dir()
+    snapshots = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced right now, or not ours
+        if document.get("host") == _HOST and not _alive(int(document.get("pid", 0))):
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        snapshots.append(document)
+    return sorted(snapshots, key=lambda d: (d.get("started_at", 0), d.get("pid", 0)))
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def totals(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per alias, across processes: summed gauges and counters, and the process count."""
+    result: dict[str, dict[str, Any]] = {}
+    for document in snapshots:
+        for alias, entry in document.get("pools", {}).items():
+            total = result.setdefault(
+                alias,
+                {
+                    "vendor": entry.get("vendor"),
+                    "processes": 0,
+                    "gauges": {},
+                    "counters": {},
+                    "checkouts_per_second": 0.0,
+                },
+            )
+            total["processes"] += 1
+            total["checkouts_per_second"] += entry.get("checkouts_per_second") or 0.0
+            stats = entry["stats"]
+            for name, value in stats["gauges"].items():
+                total["gauges"][name] = total["gauges"].get(name, 0) + int(value)
+            for name, value in stats["counters"].items():
+                if isinstance(value, dict):
+                    closed = total["counters"].setdefault(name, {})
+                    for reason, count in value.items():
+                        closed[reason] = closed.get(reason, 0) + count
+                else:
+                    total["counters"][name] = total["counters"].get(name, 0) + value
+    return result
