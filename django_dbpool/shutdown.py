@@ -135,6 +135,9 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     # The default action was to die at once: drain first, then die the same way.
     logger.info("signal %d: draining database pools before exit", signum)
     close_all_pools()
+    from .snapshots import forget_own_snapshot
+
+    forget_own_snapshot()  # dying of the signal skips atexit
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 

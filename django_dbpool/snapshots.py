@@ -47,6 +47,7 @@ _HOST = socket.gethostname()
 _started_at = time.time()
 _publisher_pid = 0
 _publisher_lock = threading.Lock()
+_directory: Path | None = None  # where this process publishes, fixed when publishing starts
 _previous: dict[str, tuple[float, int]] = {}  # alias -> (when, acquired) for rates
 
 
@@ -82,16 +83,18 @@ def ensure_publisher() -> None:
             return
         from .conf import app_settings
 
+        global _directory
         interval = app_settings.STATS_INTERVAL
         _publisher_pid = os.getpid()
         _previous.clear()
         if interval <= 0:
             return
+        _directory = stats_dir()
         thread = threading.Thread(
             target=_publish_loop, args=(interval,), name="django_dbpool publisher", daemon=True
         )
         thread.start()
-        atexit.register(_remove_own_file)
+        atexit.register(forget_own_snapshot)
 
 
 def _publish_loop(interval: float) -> None:
@@ -138,7 +141,7 @@ def publish_now() -> Path | None:
         "interval": app_settings.STATS_INTERVAL,
         "pools": entries,
     }
-    directory = stats_dir()
+    directory = _directory or stats_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = _own_file(directory)
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
@@ -173,9 +176,15 @@ def percentile(stats: PoolStats, histogram: str, fraction: float) -> float | Non
     return float(snapshot.max)
 
 
-def _remove_own_file() -> None:
+def forget_own_snapshot() -> None:
+    """Remove this process's snapshot (and the directory, if no other process publishes
+    there). Called at exit."""
+    if _directory is None or _publisher_pid != os.getpid():
+        return
     with contextlib.suppress(OSError):
-        _own_file(stats_dir()).unlink()
+        _own_file(_directory).unlink()
+    with contextlib.suppress(OSError):
+        _directory.rmdir()  # only when no other process publishes there any more
 
 
 def read_snapshots(directory: Path | None = None) -> list[dict[str, Any]]:

@@ -61,6 +61,7 @@ def serve(database_url: str, workdir: Path, bind: str) -> int:
         "DJANGO_STATIC_ROOT": str(workdir / "static"),
         "DJANGO_SERVE_STATIC": "1",
         "DEMO_ADMIN_PASSWORD": password,
+        "DBPOOL_STATS_DIR": str(workdir / "stats"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     print(f"demo: database {redact(database_url)}", flush=True)

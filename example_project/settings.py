@@ -9,6 +9,8 @@ DJANGO_ALLOWED_HOSTS    comma-separated; default 127.0.0.1,localhost
 DJANGO_STATIC_ROOT      where collectstatic writes; default example_project/staticfiles
 DJANGO_SERVE_STATIC     serve STATIC_ROOT from Django itself (the demo does; a real site
                         puts a web server or CDN in front instead)
+DBPOOL_STATS_DIR        where processes publish pool stats (default: a per-project
+                        directory under the system temp directory)
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "staticfiles")
 SERVE_STATIC = env.bool("DJANGO_SERVE_STATIC", default=False)
+
+# Where pooled processes publish their stats for poolstats, /metrics and the admin page.
+DBPOOL_STATS_DIR = env.str("DBPOOL_STATS_DIR", default=None)
 
 LOGGING = {
     "version": 1,

@@ -6,6 +6,14 @@ from django.conf import settings
 from tests.dbservers import redact
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import shutil
+
+    from tests.processes import children_stats_dir
+
+    shutil.rmtree(children_stats_dir(), ignore_errors=True)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"database: {settings.DATABASE_VENDOR} at {redact(settings.DATABASE_URL)}"
 

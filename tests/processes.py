@@ -25,9 +25,15 @@ def database_url() -> str:
     return "mysqlpool://" + os.environ[MYSQL_URL_VAR].split("://", 1)[1]
 
 
+def children_stats_dir() -> str:
+    """Where the example project's processes started by tests publish their stats."""
+    return f"{settings.DBPOOL_STATS_DIR}-children"
+
+
 def project_env(**extra: str) -> dict[str, str]:
     env = {
         **os.environ,
+        "DBPOOL_STATS_DIR": children_stats_dir(),
         "DATABASE_URL": database_url(),
         "DJANGO_SETTINGS_MODULE": "example_project.settings",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),

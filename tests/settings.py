@@ -8,6 +8,7 @@ tests/dbservers.py) sets. A missing URL is an error, never a skip.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -106,3 +107,6 @@ TEMPLATES = [
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# This test run's own stats directory (removed at exit when empty).
+DBPOOL_STATS_DIR = os.path.join(tempfile.gettempdir(), f"django_dbpool-tests-{os.getpid()}")
