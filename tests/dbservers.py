@@ -61,6 +61,8 @@ DEBIAN_PACKAGES = {
     "mariadb": ["mariadb-server-core", "mariadb-client-core", "mariadb-client"],
     "mysqlclient build": ["libmariadb-dev", "pkg-config", "gcc"],
     "openssl": ["openssl"],
+    # The admin dashboard's browser test drives Debian's Chromium with Playwright.
+    "chromium": ["chromium"],
 }
 
 
@@ -111,6 +113,8 @@ def missing_packages() -> list[str]:
         missing += DEBIAN_PACKAGES["mysqlclient build"]
     if shutil.which("openssl") is None:
         missing += DEBIAN_PACKAGES["openssl"]
+    if shutil.which("chromium") is None:
+        missing += DEBIAN_PACKAGES["chromium"]
     return missing
 
 

@@ -7,12 +7,15 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
-from tests.dbservers import MYSQL_URL_VAR, POSTGRES_LOG_VAR, POSTGRES_URL_VAR
+from tests.dbservers import MYSQL_URL_VAR, POSTGRES_LOG_VAR, POSTGRES_URL_VAR, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = str(ROOT / "example_project" / "manage.py")
@@ -111,3 +114,46 @@ class UncleanDisconnects:
 
     def since(self) -> int:
         return self._count() - self.start
+
+
+@contextmanager
+def gunicorn(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The example project under gunicorn (2 gthread workers) on a free port: yields the
+    master process and the base URL; killed afterwards if still running."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "example_project.wsgi",
+            "--config",
+            str(ROOT / "example_project" / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            str(ROOT),
+            "--no-control-socket",
+            "--graceful-timeout",
+            "60",
+        ],
+        env=project_env(DATABASE_URL=database_url, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health/live", timeout=5).close()
+                break
+            except OSError:
+                assert server.poll() is None, "gunicorn exited"
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.1)
+        yield server, base
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

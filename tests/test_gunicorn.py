@@ -6,60 +6,16 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from django.conf import settings
 
 from tests import processes
-from tests.dbservers import free_port, private_server
-
-
-@contextmanager
-def gunicorn(database_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "example_project.wsgi",
-            "--config",
-            str(processes.ROOT / "example_project" / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--chdir",
-            str(processes.ROOT),
-            "--no-control-socket",
-            "--graceful-timeout",
-            "60",
-        ],
-        env=processes.project_env(DATABASE_URL=database_url),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health/live", timeout=5).close()
-                break
-            except OSError:
-                assert server.poll() is None, "gunicorn exited"
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.1)
-        yield server, base
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+from tests.dbservers import private_server
+from tests.processes import gunicorn
 
 
 def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
