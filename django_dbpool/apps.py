@@ -12,8 +12,10 @@ class DbPoolConfig(AppConfig):
         # Wiring only: no I/O, no database. Importing the module registers the checks.
         from . import checks  # noqa: F401
         from .conf import app_settings
+        from .metrics import install as install_metrics
         from .shutdown import install
         from .tagging import tag_management_command
 
         install(handlers=app_settings.SHUTDOWN_HANDLERS)
         tag_management_command()
+        install_metrics()

@@ -123,11 +123,16 @@ def publish_now() -> Path | None:
 
     now = time.time()
     entries: dict[str, Any] = {}
+    from .metrics import update_multiprocess
+
     for alias, pool in current.items():
         stats = pool.stats()
+        vendor = connections[alias].vendor
+        as_dict = stats.as_dict()
+        update_multiprocess(alias, vendor, as_dict)
         entries[alias] = {
-            "vendor": connections[alias].vendor,
-            "stats": stats.as_dict(),
+            "vendor": vendor,
+            "stats": as_dict,
             "checkouts_per_second": _rate(alias, now, stats.acquired),
             "wait_p99_seconds": percentile(stats, "wait_seconds", 0.99),
             "options": pool.options.as_settings(),

@@ -8,6 +8,7 @@ from django.views.static import serve
 urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
     path("health/", include("django_dbpool.urls")),
+    path("", include("django_prometheus.urls")),  # /metrics
     path("", include("example_project.bank.urls")),
 ]
 

@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_dbpool",
+    "django_prometheus",
     "example_project.bank",
 ]
 

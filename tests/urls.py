@@ -6,6 +6,7 @@ from tests import views
 
 urlpatterns = [
     path("health/", include("django_dbpool.urls")),
+    path("", include("django_prometheus.urls")),  # /metrics
     path("probe/session/", views.session_id, name="probe-session"),
     path("probe/async-session/", views.async_session_id),
     path("probe/create-then-fail/", views.create_then_fail),

@@ -25,7 +25,7 @@ from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.utils import DatabaseErrorWrapper
 from django.utils.functional import cached_property
 
-from .. import snapshots, tagging
+from .. import metrics, snapshots, tagging
 from ..options import alias_options, driver_options
 from ..pool import ConnectionAdapter, Pool
 from .cursors import tagging_cursor_class
@@ -314,7 +314,12 @@ class PooledWrapperMixin(_Base):
     def _dbpool_open(self) -> Any:
         # Called by the pool's connector thread: stock connect, then the session setup
         # Django's connect() would otherwise repeat at every checkout.
-        connection = super().get_new_connection(self.get_connection_params())
+        try:
+            connection = super().get_new_connection(self.get_connection_params())
+        except Exception as exc:
+            metrics.record_connect(self.alias, self.vendor, exc)
+            raise
+        metrics.record_connect(self.alias, self.vendor, None)
         try:
             self.dbpool_configure(connection)
         except BaseException:

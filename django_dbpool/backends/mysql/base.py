@@ -7,7 +7,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from django.db.backends.mysql import base as stock
+from django.utils.functional import cached_property
 
+from ... import metrics
 from ..base import PooledWrapperMixin
 
 # Client and server error codes after which the session is gone: server has gone away,
@@ -84,6 +86,21 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
     def connection_is_dead_error(self, error: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(error, "args", ())
         return bool(args) and args[0] in _DEAD_ERRORS
+
+    @cached_property
+    def _dbpool_exporting_cursor(self) -> type[Any] | None:
+        if not metrics.query_metrics_enabled():
+            return None
+        from django_prometheus.db.common import ExportingCursorWrapper
+
+        return ExportingCursorWrapper(stock.CursorWrapper, self.alias, self.vendor)  # type: ignore[no-any-return]
+
+    def create_cursor(self, name: Any = None) -> Any:
+        exporting = self._dbpool_exporting_cursor
+        if exporting is None:
+            return super().create_cursor(name)
+        # django-prometheus's own instrumented cursor, made once per wrapper.
+        return exporting(self.connection.cursor())
 
     def _set_autocommit(self, autocommit: bool) -> None:
         # The server reports autocommit in every reply: skip the round trip when it

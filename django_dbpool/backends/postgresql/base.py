@@ -9,7 +9,7 @@ from typing import Any, cast
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base as stock
 
-from ... import tagging
+from ... import metrics, tagging
 from ..base import PooledWrapperMixin
 
 try:
@@ -76,6 +76,13 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
         # Physical connections (opened by the private wrapper) carry the process tag,
         # rendered at each connect so that a forked child's connections name the child.
         params.setdefault("application_name", tagging.application_name(self.alias))
+        if metrics.query_metrics_enabled():
+            # django-prometheus's own instrumented cursors, as its backend does.
+            from django_prometheus.db.common import ExportingCursorWrapper
+
+            params["cursor_factory"] = ExportingCursorWrapper(
+                params["cursor_factory"], self.alias, self.vendor
+            )
         return params
 
     def check_connection_settings(self) -> None:

@@ -1,0 +1,85 @@
+"""Prometheus series: the pools of every process, and django-prometheus's query metrics."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.db import connection, connections
+from prometheus_client import REGISTRY, generate_latest
+
+from django_dbpool import snapshots
+from tests.conftest import wsgi_get
+
+
+def sample(name: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def series(text: str) -> list[str]:
+    """``name{labels}`` of every sample line of an exposition."""
+    return [line.rsplit(" ", 1)[0] for line in text.splitlines() if line and line[0] != "#"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_query_metrics_move_and_new_connections_count_real_connects() -> None:
+    labels = {"alias": "default", "vendor": connection.vendor}
+    wsgi_get("/probe/session/")  # a physical connection exists
+    pool = connections["default"].pool
+    executed = sample("django_db_execute_total", **labels)
+    connects = sample("django_db_new_connections_total", **labels)
+    opened = pool.stats().opened
+    for _ in range(10):
+        wsgi_get("/probe/session/")
+    assert sample("django_db_execute_total", **labels) >= executed + 10
+    assert sample("django_db_query_duration_seconds_count", **labels) > 0
+    # Ten checkouts, no new physical connection: the counter follows the pool's connects.
+    assert sample("django_db_new_connections_total", **labels) - connects == (
+        pool.stats().opened - opened
+    )
+
+
+def errors_total(alias: str) -> float:
+    return sum(
+        s.value
+        for m in REGISTRY.collect()
+        if m.name == "django_db_errors"
+        for s in m.samples
+        if s.name == "django_db_errors_total" and s.labels.get("alias") == alias
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_query_errors_are_counted_by_type() -> None:
+    before = errors_total("default")
+    with pytest.raises(Exception), connection.cursor() as cursor:  # noqa: B017, PT011
+        cursor.execute("SELECT * FROM no_such_table_here")
+    assert errors_total("default") == before + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pool_series_match_the_pool() -> None:
+    wsgi_get("/probe/session/")
+    snapshots.publish_now()
+    stats = connections["default"].pool.stats()
+    labels = {"alias": "default", "vendor": connection.vendor}
+    assert sample("django_dbpool_max_connections", **labels) == stats.max_size
+    assert sample("django_dbpool_processes", **labels) == 1
+    assert sample("django_dbpool_connections", state="idle", **labels) == stats.idle
+    assert sample("django_dbpool_checkouts_total", **labels) == stats.acquired
+    assert sample("django_dbpool_connections_opened_total", **labels) == stats.opened
+    assert sample("django_dbpool_acquire_wait_seconds_count", **labels) == stats.wait_seconds.count
+    assert sample("django_dbpool_hold_seconds_bucket", le="+Inf", **labels) == (
+        stats.hold_seconds.count
+    )
+    text = generate_latest(REGISTRY).decode()
+    names = series(text)
+    assert len(names) == len(set(names))  # no duplicate series
+    assert re.search(r'django_dbpool_connections_closed_total\{alias="default",reason="idle"', text)
+
+
+def test_metrics_view_is_served() -> None:
+    status, body = wsgi_get("/metrics")
+    assert status == 200
+    assert b"django_dbpool_" in body or b"# HELP" in body

@@ -1,0 +1,136 @@
+"""poolstats, /metrics and the server view across two real gunicorn workers under load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from tests import processes
+
+
+def poolstats(stats_dir: Path, *args: str, check: bool = True) -> dict[str, object]:
+    """``poolstats --json``; with ``check=False`` an empty report while nothing publishes."""
+    result = subprocess.run(
+        [sys.executable, processes.MANAGE, "poolstats", "--json", *args],
+        env=processes.project_env(DBPOOL_STATS_DIR=str(stats_dir)),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        if check or "No process publishes" not in result.stderr:
+            raise AssertionError(result.stderr)
+        return {"processes": []}
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            assert name not in samples, f"duplicate series {name}"
+            samples[name] = float(value)
+    return samples
+
+
+def test_poolstats_without_publishers_says_where_it_looked(
+    tmp_path: Path, settings: object
+) -> None:
+    settings.DBPOOL_STATS_DIR = str(tmp_path / "nothing")  # type: ignore[attr-defined]
+    with pytest.raises(CommandError, match=r"No process publishes pool stats in .*nothing"):
+        call_command("poolstats")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_poolstats_metrics_and_server_view(tmp_path: Path) -> None:
+    processes.manage("migrate", "--noinput", "-v", "0")
+    processes.manage("demo_data")
+    stats_dir = tmp_path / "stats"
+    with processes.gunicorn(processes.database_url(), DBPOOL_STATS_DIR=str(stats_dir)) as (
+        server,
+        base,
+    ):
+        stop = threading.Event()
+
+        def client() -> None:
+            for _ in range(5000):  # bounded; stopped long before
+                if stop.is_set():
+                    return
+                urllib.request.urlopen(f"{base}/", timeout=30).read()
+
+        clients = [threading.Thread(target=client) for _ in range(8)]
+        for thread in clients:
+            thread.start()
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                report = poolstats(stats_dir, check=False)
+                if len(report["processes"]) == 2:  # type: ignore[arg-type]
+                    break
+                assert time.monotonic() < deadline, report
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(60)
+        time.sleep(2.5)  # two publications after the load: every figure is settled
+
+        report = poolstats(stats_dir)
+        workers = report["processes"]
+        assert isinstance(workers, list)
+        assert len(workers) == 2
+        assert all(parent_of(w["pid"]) == server.pid for w in workers)
+        total = report["totals"]["default"]  # type: ignore[index]
+        acquired = [w["pools"]["default"]["stats"]["counters"]["acquired"] for w in workers]
+        assert total["counters"]["acquired"] == sum(acquired)
+        assert all(n > 0 for n in acquired)  # both workers served requests
+        assert total["gauges"]["max_size"] == 20
+        assert total["processes"] == 2
+
+        # Any worker's /metrics reports both, once each, in line with poolstats.
+        for _ in range(2):
+            text = urllib.request.urlopen(f"{base}/metrics", timeout=30).read().decode()
+            samples = metric_samples(text)
+            vendor = workers[0]["pools"]["default"]["vendor"]
+            labels = f'alias="default",vendor="{vendor}"'
+            assert samples[f"django_dbpool_processes{{{labels}}}"] == 2
+            assert samples[f"django_dbpool_max_connections{{{labels}}}"] == 20
+            assert samples[f"django_dbpool_checkouts_total{{{labels}}}"] == sum(acquired)
+
+        # The server's view, while a slow report runs: the app's connection by its tag.
+        slow = threading.Thread(
+            target=lambda: urllib.request.urlopen(f"{base}/report/", timeout=60).read()
+        )
+        slow.start()
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                view = poolstats(stats_dir, "--server")["server"]["default"]  # type: ignore[index]
+                tagged = [
+                    g
+                    for g in view["groups"]
+                    if g["tag"].startswith("example_project:") and g["state"] == "active"
+                ]
+                if tagged:
+                    break
+                assert time.monotonic() < deadline, view
+        finally:
+            slow.join(60)
+        assert view["max_connections"] > 0
+        assert view["headroom"] == view["max_connections"] - view["reserved"] - view["in_use"]
