@@ -21,7 +21,13 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["install", "query_metrics_enabled", "record_connect", "update_multiprocess"]
+__all__ = [
+    "forget_process",
+    "install",
+    "query_metrics_enabled",
+    "record_connect",
+    "update_multiprocess",
+]
 
 _lock = threading.Lock()
 _installed = False
@@ -296,3 +302,17 @@ def record_connect(alias: str, vendor: str, error: BaseException | None) -> None
     connections_total.labels(alias, vendor).inc()
     if error is not None:
         connection_errors_total.labels(alias, vendor).inc()
+
+
+def forget_process() -> None:
+    """At exit, in multiprocess mode: drop this process's live gauges (prometheus_client's
+    ``mark_process_dead``), so that they stop counting once it is gone."""
+    if _multiprocess is None:
+        return
+    from prometheus_client import multiprocess
+
+    # prometheus_client still honours the lower-case spelling of the variable.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(
+        "prometheus_multiproc_dir"  # noqa: SIM112
+    )
+    multiprocess.mark_process_dead(os.getpid(), directory)

@@ -184,6 +184,9 @@ def percentile(stats: PoolStats, histogram: str, fraction: float) -> float | Non
 def forget_own_snapshot() -> None:
     """Remove this process's snapshot (and the directory, if no other process publishes
     there). Called at exit."""
+    from .metrics import forget_process
+
+    forget_process()
     if _directory is None or _publisher_pid != os.getpid():
         return
     with contextlib.suppress(OSError):

@@ -134,3 +134,37 @@ def test_two_workers_poolstats_metrics_and_server_view(tmp_path: Path) -> None:
             slow.join(60)
         assert view["max_connections"] > 0
         assert view["headroom"] == view["max_connections"] - view["reserved"] - view["in_use"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_metrics_in_django_prometheus_multiprocess_mode(tmp_path: Path) -> None:
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    processes.manage("migrate", "--noinput", "-v", "0")
+    env = {"DBPOOL_STATS_DIR": str(tmp_path / "stats"), "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+    with processes.gunicorn(processes.database_url(), **env) as (_, base):
+        vendor = None
+        deadline = time.monotonic() + 60
+        while True:
+            for _ in range(20):
+                urllib.request.urlopen(f"{base}/", timeout=30).read()
+            text = urllib.request.urlopen(f"{base}/metrics", timeout=30).read().decode()
+            samples = metric_samples(text)
+            processes_seen = {
+                name: value
+                for name, value in samples.items()
+                if name.startswith('django_dbpool_processes{alias="default"')
+            }
+            counted = [
+                v for n, v in samples.items() if n.startswith("django_dbpool_checkouts_total{")
+            ]
+            if processes_seen and max(processes_seen.values()) == 2 and counted and counted[0]:
+                vendor = next(iter(processes_seen))
+                break
+            assert time.monotonic() < deadline, text[:3000]
+            time.sleep(0.5)
+    assert vendor is not None
+    checkouts = [v for n, v in samples.items() if n.startswith("django_dbpool_checkouts_total{")]
+    assert checkouts
+    assert checkouts[0] > 0
+    assert any(n.startswith("django_db_execute_total{") for n in samples)
