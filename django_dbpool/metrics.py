@@ -315,4 +315,4 @@ def forget_process() -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(
         "prometheus_multiproc_dir"  # noqa: SIM112
     )
-    multiprocess.mark_process_dead(os.getpid(), directory)
+    multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
