@@ -107,6 +107,7 @@ def serve(database_url: str, workdir: Path, bind: str) -> int:
         f"  {base}/report/          a slow report (a one-second query in a transaction)\n"
         f"  {base}/health/live      liveness: the process answers\n"
         f"  {base}/health/ready     readiness: every pooled database answers\n"
+        f"  {base}/metrics          Prometheus metrics (pools and queries, every worker)\n"
         "demo: press Ctrl-C to stop; the throwaway database and its files are removed.\n",
         flush=True,
     )
