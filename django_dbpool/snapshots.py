@@ -140,7 +140,7 @@ def publish_now() -> Path | None:
     document = {
         "pid": os.getpid(),
         "host": _HOST,
-        "process": " ".join(os.path.basename(arg) for arg in sys.argv[:3])[:200],
+        "process": process_name(sys.argv),
         "started_at": _started_at,
         "updated_at": now,
         "interval": app_settings.STATS_INTERVAL,
@@ -159,6 +159,16 @@ def publish_now() -> Path | None:
             os.unlink(temporary)
         raise
     return target
+
+
+def process_name(argv: list[str]) -> str:
+    """``gunicorn example_project.wsgi`` rather than ``__main__.py example_project.wsgi``."""
+    if not argv:
+        return ""
+    program = os.path.basename(argv[0])
+    if program == "__main__.py":  # python -m package
+        program = os.path.basename(os.path.dirname(argv[0]))
+    return " ".join([program, *argv[1:3]])[:200]
 
 
 def _rate(alias: str, now: float, acquired: int) -> float:

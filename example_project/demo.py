@@ -104,6 +104,7 @@ def serve(database_url: str, workdir: Path, bind: str) -> int:
         f"demo: ready. Open:\n"
         f"  {base}/                 accounts and the transfer form\n"
         f"  {base}/admin/           admin (user: admin, password: {password})\n"
+        f"  {base}/admin/django_dbpool/connectionpool/  connection pools of every worker\n"
         f"  {base}/report/          a slow report (a one-second query in a transaction)\n"
         f"  {base}/health/live      liveness: the process answers\n"
         f"  {base}/health/ready     readiness: every pooled database answers\n"

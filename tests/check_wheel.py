@@ -17,6 +17,9 @@ REQUIRED = [
     "django_dbpool/py.typed",
     "django_dbpool/templates/django_dbpool/unavailable.html",
     "django_dbpool/static/django_dbpool/dbpool.css",
+    "django_dbpool/static/django_dbpool/dashboard.js",
+    "django_dbpool/templates/django_dbpool/admin/dashboard.html",
+    "django_dbpool/migrations/0001_initial.py",
 ]
 FORBIDDEN_PREFIXES = ("tests/", "example_project/", "benchmarks/")
 

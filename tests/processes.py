@@ -154,6 +154,12 @@ def gunicorn(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[b
                 time.sleep(0.1)
         yield server, base
     finally:
+        # A graceful stop: SIGKILL to the master would orphan its workers, which keep their
+        # database sessions until they notice.
         if server.poll() is None:
-            server.kill()
-            server.wait()
+            server.terminate()
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()

@@ -81,9 +81,15 @@ def test_demo_serves_pages_and_ctrl_c_cleans_up(demo_tmpdir: Path) -> None:
         text = "".join(output)
         password = re.search(r"user: admin, password: (\S+)\)", text)
         assert password, text
-        for url in ("/health/live", "/health/ready", "/metrics"):
+        for url in ("/health/live", "/health/ready", "/metrics", "/admin/django_dbpool/"):
             assert f"http://{bind}{url}" in text  # the demo prints the health URLs
-        for path in ("/", "/admin/login/", "/static/admin/css/base.css", "/health/ready"):
+        for path in (
+            "/",
+            "/admin/login/",
+            "/static/admin/css/base.css",
+            "/static/django_dbpool/dashboard.js",
+            "/health/ready",
+        ):
             with urllib.request.urlopen(f"http://{bind}{path}", timeout=30) as response:
                 assert response.status == 200, path
         with urllib.request.urlopen(f"http://{bind}/", timeout=30) as response:
