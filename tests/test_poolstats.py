@@ -168,3 +168,36 @@ def test_metrics_in_django_prometheus_multiprocess_mode(tmp_path: Path) -> None:
     assert checkouts
     assert checkouts[0] > 0
     assert any(n.startswith("django_db_execute_total{") for n in samples)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_watch_redraws_until_ctrl_c(tmp_path: Path) -> None:
+    import signal
+
+    from django.db import connection
+
+    from django_dbpool import snapshots
+
+    connection.ensure_connection()  # this test process has a pool, and publishes it
+    published = snapshots.publish_now()
+    assert published is not None
+    watcher = subprocess.Popen(
+        [sys.executable, processes.MANAGE, "poolstats", "--watch", "0.2"],
+        env=processes.project_env(DBPOOL_STATS_DIR=str(published.parent)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        screens = 0
+        for line in watcher.stdout:
+            screens += line.count("\x1b[2J")
+            if screens >= 2:
+                break
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(30) == 0
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert screens >= 2
