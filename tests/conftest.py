@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 from django.conf import settings
 
@@ -61,3 +65,36 @@ def wsgi_request(
         response.close()  # sends request_finished, as every WSGI server does
     status, response_headers = started[0]
     return int(status.split()[0]), dict(response_headers), body
+
+
+@contextmanager
+def holding_every_connection(alias: str) -> Iterator[list[int]]:
+    """Every connection of ``alias``'s pool borrowed, each by a thread of its own, until the
+    block ends; yields the database session ids they hold."""
+    from django.db import connections
+
+    from tests.views import SESSION_ID_SQL
+
+    max_size = connections[alias].pool.options.max_size
+    holding = threading.Barrier(max_size + 1)
+    release = threading.Event()
+    held: list[int] = []
+
+    def hold() -> None:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(SESSION_ID_SQL[connections[alias].vendor])
+            held.append(int(cursor.fetchone()[0]))
+        holding.wait(30)
+        release.wait(30)
+        connections[alias].close()
+
+    threads = [threading.Thread(target=hold) for _ in range(max_size)]
+    for thread in threads:
+        thread.start()
+    holding.wait(30)
+    try:
+        yield held
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)

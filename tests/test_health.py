@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +11,7 @@ from django.db import connections
 from django.test import Client, override_settings
 
 from django_dbpool import shutdown
-from tests.conftest import wsgi_get
+from tests.conftest import holding_every_connection, wsgi_get
 
 TOKEN = "health-token-0123456789abcdef"
 ALIASES = ["default", "small", "reset"]
@@ -105,28 +104,11 @@ def test_ready_is_503_when_a_database_is_unreachable_then_200_again(
 
 @pytest.mark.django_db(transaction=True, databases=ALIASES)
 def test_pool_timeout_becomes_503_with_retry_after(caplog: pytest.LogCaptureFixture) -> None:
-    small = connections["small"]
-    max_size = small.pool.options.max_size
-    holding = threading.Barrier(max_size + 1)
-    release = threading.Event()
-
-    def hold() -> None:
-        connections["small"].ensure_connection()
-        holding.wait(30)
-        release.wait(30)
-        connections["small"].close()
-
-    threads = [threading.Thread(target=hold) for _ in range(max_size)]
-    for thread in threads:
-        thread.start()
-    holding.wait(30)
-    try:
-        with caplog.at_level(logging.WARNING, logger="django_dbpool"):
-            status, body = wsgi_get("/probe/small/")
-    finally:
-        release.set()
-        for thread in threads:
-            thread.join(30)
+    with (
+        holding_every_connection("small"),
+        caplog.at_level(logging.WARNING, logger="django_dbpool"),
+    ):
+        status, body = wsgi_get("/probe/small/")
     assert status == 503
     assert b"Service temporarily unavailable" in body
     logged = [r for r in caplog.records if r.getMessage().startswith("503 for GET /probe/small/")]

@@ -3,7 +3,6 @@ state leaking from one borrower to the next."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,7 +12,7 @@ from django.db import connection, connections, transaction
 
 from django_dbpool.pool import PoolTimeout
 from example_project.bank.models import Account
-from tests.conftest import wsgi_get
+from tests.conftest import holding_every_connection, wsgi_get
 from tests.views import SESSION_ID_SQL
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "small", "reset"])
@@ -96,29 +95,10 @@ def test_one_statement_per_one_query_request() -> None:
 
 def test_bound_holds_and_the_next_checkout_times_out() -> None:
     small = connections["small"]
-    max_size = small.pool.options.max_size
-    holding = threading.Barrier(max_size + 1)
-    release = threading.Event()
-    held: list[int] = []
-
-    def hold() -> None:
-        held.append(session_id("small"))
-        holding.wait(30)
-        release.wait(30)
-        connections["small"].close()
-
-    threads = [threading.Thread(target=hold) for _ in range(max_size)]
-    for thread in threads:
-        thread.start()
-    holding.wait(30)
-    try:
-        assert len(set(held)) == max_size
+    with holding_every_connection("small") as held:
+        assert len(set(held)) == small.pool.options.max_size
         with pytest.raises(PoolTimeout, match=r"after waiting 0\.5 s"):
             small.ensure_connection()
-    finally:
-        release.set()
-        for thread in threads:
-            thread.join(30)
     # Once they are back, the same connections serve again.
     assert session_id("small") in held
     small.close()
