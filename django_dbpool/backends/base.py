@@ -112,6 +112,10 @@ class PooledWrapperMixin(_Base):
         """
         if not self._dbpool_enabled():
             return getattr(super(), "pool", None)
+        return self._dbpool_pool()
+
+    def _dbpool_pool(self) -> Pool[Any]:
+        # The checkout path: the caller already knows pooling is on for this wrapper.
         entry = _pools.get(self.alias)
         if entry is not None and self._dbpool_matches(entry):
             return entry.pool
@@ -144,7 +148,7 @@ class PooledWrapperMixin(_Base):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if not self._dbpool_enabled():
             return super().get_new_connection(conn_params)
-        pool: Pool[Any] = self.pool
+        pool = self._dbpool_pool()
         snapshots.ensure_publisher()
         connection = pool.acquire()
         self._dbpool_lease = pool
