@@ -116,6 +116,19 @@ class UncleanDisconnects:
         return self._count() - self.start
 
 
+def wait_until_serving(server: subprocess.Popen[Any], base: str, limit: float = 60) -> None:
+    """Wait until ``base``/health/live answers; fail if ``server`` exits or ``limit`` passes."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/health/live", timeout=5).close()
+            return
+        except OSError:
+            assert server.poll() is None, f"the server exited with {server.returncode}"
+            assert time.monotonic() < deadline, f"nothing answered at {base} in {limit:g} s"
+            time.sleep(0.1)
+
+
 @contextmanager
 def gunicorn(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """The example project under gunicorn (2 gthread workers) on a free port: yields the
@@ -143,15 +156,7 @@ def gunicorn(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[b
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health/live", timeout=5).close()
-                break
-            except OSError:
-                assert server.poll() is None, "gunicorn exited"
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.1)
+        wait_until_serving(server, base)
         yield server, base
     finally:
         # A graceful stop: SIGKILL to the master would orphan its workers, which keep their

@@ -155,15 +155,7 @@ def test_sigint_on_runserver_finishes_the_request_in_flight_and_drains() -> None
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health/live", timeout=5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                assert server.poll() is None
-                time.sleep(0.1)
+        processes.wait_until_serving(server, base)
         assert urllib.request.urlopen(f"{base}/health/ready", timeout=10).status == 200
         # A slow request (a one-second query in a transaction) is in flight at Ctrl-C.
         result: dict[str, object] = {}
