@@ -1,0 +1,1 @@
+"""The Django site the HTTP benchmarks serve: one view, one indexed ``SELECT``."""

@@ -1,0 +1,192 @@
+"""Django-level checkout cost: ``connection.ensure_connection()`` + ``connection.close()``.
+
+This is what Django does around every request: it opens the connection on the first query
+and closes it at the end. Each pooled ENGINE is measured on a real server, with a pool of 4:
+
+* 1 thread: microseconds per cycle (the pool's checkout and return, plus Django's own work);
+* 16 threads on 4 connections, for a fixed time: cycles per second, and fairness as the most
+  over the fewest cycles completed by one thread.
+
+Runs alternate between contenders (A B C A B C ...); figures are medians over the rounds.
+Run by ``make bench``; by hand: ``python tests/dbservers.py -- python benchmarks/django_cycle.py``.
+Writes ``results/cycle.json``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import environ
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR  # noqa: E402
+
+POOL_SIZE = 4
+THREADS = 16
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+CYCLES = int(os.environ.get("BENCH_CYCLES", "5000"))
+SECONDS = float(os.environ.get("BENCH_CYCLE_SECONDS", "2"))
+WARMUP = 0.5
+
+#: (alias, vendor, contender) in the order runs alternate.
+CONTENDERS = [
+    ("pg_native", "postgresql", "native"),
+    ("pg_dbcp", "postgresql", "dbcp"),
+    ("pg_dbpool", "postgresql", "dbpool"),
+    ("my_dbcp", "mysql", "dbcp"),
+    ("my_dbpool", "mysql", "dbpool"),
+]
+
+
+def databases() -> dict[str, dict[str, Any]]:
+    urls = {"postgresql": os.environ.get(POSTGRES_URL_VAR), "mysql": os.environ.get(MYSQL_URL_VAR)}
+    result = {}
+    for alias, vendor, contender in CONTENDERS:
+        url = urls[vendor]
+        if not url:
+            continue
+        config: dict[str, Any] = environ.Env.db_url_config(url)
+        config["OPTIONS"] = dict(config.get("OPTIONS") or {})
+        if contender == "native":
+            config["OPTIONS"]["pool"] = {"min_size": POOL_SIZE, "max_size": POOL_SIZE}
+        elif contender == "dbcp":
+            config["ENGINE"] = f"dj_db_conn_pool.backends.{vendor}"
+            config["POOL_OPTIONS"] = {"POOL_SIZE": POOL_SIZE, "MAX_OVERFLOW": 0}
+        else:
+            config["ENGINE"] = f"django_dbpool.backends.{vendor}"
+            config["POOL"] = {"MIN_SIZE": POOL_SIZE, "MAX_SIZE": POOL_SIZE}
+        result[alias] = config
+    if not result:
+        raise SystemExit(
+            f"set {POSTGRES_URL_VAR} or {MYSQL_URL_VAR} (run through tests/dbservers.py)"
+        )
+    # Django wants a default alias; nothing uses it here.
+    result["default"] = next(iter(result.values()))
+    return result
+
+
+def single(alias: str) -> float:
+    """Seconds per ensure_connection + close, one thread."""
+    from django.db import connections
+
+    conn = connections[alias]
+    for _ in range(100):
+        conn.ensure_connection()
+        conn.close()
+    gc.collect()
+    start = time.perf_counter()
+    for _ in range(CYCLES):
+        conn.ensure_connection()
+        conn.close()
+    return (time.perf_counter() - start) / CYCLES
+
+
+def contended(alias: str) -> tuple[float, list[int]]:
+    """Cycles per second of :data:`THREADS` threads, and each thread's count, in steady state."""
+    from django.db import connections
+
+    counts = [0] * THREADS
+    stop = threading.Event()
+    barrier = threading.Barrier(THREADS + 1)
+
+    def worker(n: int) -> None:
+        conn = connections[alias]
+        barrier.wait()
+        while not stop.is_set():
+            conn.ensure_connection()
+            conn.close()
+            counts[n] += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    gc.collect()
+    barrier.wait()
+    stop.wait(WARMUP)
+    before = counts[:]
+    start = time.perf_counter()
+    stop.wait(SECONDS)
+    after = counts[:]
+    elapsed = time.perf_counter() - start
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    done = [b - a for a, b in zip(before, after, strict=True)]
+    return sum(done) / elapsed, done
+
+
+def main() -> int:
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        DATABASES=databases(),
+        INSTALLED_APPS=["django_dbpool"],
+        USE_TZ=True,
+        TIME_ZONE="UTC",
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+    aliases = [c for c in CONTENDERS if c[0] in settings.DATABASES]
+    rows: dict[str, dict[str, Any]] = {
+        alias: {
+            "vendor": vendor,
+            "contender": contender,
+            "single_s": [],
+            "rate": [],
+            "fairness": [],
+        }
+        for alias, vendor, contender in aliases
+    }
+    for rnd in range(1, ROUNDS + 1):
+        for alias, _, _ in aliases:
+            rows[alias]["single_s"].append(single(alias))
+        for alias, _, _ in aliases:
+            rate, counts = contended(alias)
+            rows[alias]["rate"].append(rate)
+            rows[alias]["fairness"].append(max(counts) / min(counts) if min(counts) else None)
+        print(f"cycle: round {rnd} of {ROUNDS} done", flush=True)
+    for alias, row in rows.items():
+        fair = [f for f in row["fairness"] if f is not None]
+        print(
+            f"  {alias:>10}: {statistics.median(row['single_s']) * 1e6:7.1f} µs/cycle"
+            f"  {statistics.median(row['rate']):9.0f} cycles/s with {THREADS} threads"
+            f"  fairness {statistics.median(fair) if fair else float('inf'):.2f}"
+        )
+    out = HERE / "results" / "cycle.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "environment": {
+                    "date": time.strftime("%Y-%m-%d"),
+                    "cpus": os.cpu_count(),
+                    "django": django.get_version(),
+                    "pool_size": POOL_SIZE,
+                    "threads": THREADS,
+                    "cycles": CYCLES,
+                    "seconds": SECONDS,
+                    "rounds": ROUNDS,
+                },
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    print(f"wrote {out.relative_to(HERE.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

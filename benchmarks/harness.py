@@ -1,0 +1,355 @@
+"""What the HTTP benchmarks need around the site: servers' counters, gunicorn, wrk, a client.
+
+- :class:`ServerCounters` reads what the database server itself counts: statements, new
+  connections and (sampled) connections open, so every contender is measured the same way.
+- :func:`serve` runs ``benchsite`` under gunicorn (2 workers x 8 gthread threads).
+- :func:`wrk` drives it and returns wrk's own summary.
+- :func:`exact_requests` sends a known number of requests and waits for every answer, so
+  that server-side counts can be divided by it exactly.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.dbservers import POSTGRES_LOG_VAR, free_port  # noqa: E402
+
+#: Rows of ``bench_item`` (the site reads one at random per request).
+ROWS = 1000
+#: Sampling period of the server-side connection count.
+SAMPLE_EVERY = 0.02
+
+
+def vendor_of(url: str) -> str:
+    return "postgresql" if url.startswith(("postgres://", "postgresql://")) else "mysql"
+
+
+def raw_connect(url: str, database: str | None = None) -> Any:
+    """A driver connection (autocommit) to ``url``'s server, on ``database`` if given."""
+    parts = urlsplit(url)
+    name = database or parts.path.lstrip("/")
+    if vendor_of(url) == "postgresql":
+        import psycopg
+
+        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        return psycopg.connect(
+            host=parts.hostname,
+            port=parts.port,
+            user=unquote(parts.username or ""),
+            password=unquote(parts.password or ""),
+            dbname=name,
+            autocommit=True,
+            **query,
+        )
+    import MySQLdb
+
+    conn = MySQLdb.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        database=name,
+    )
+    conn.autocommit(True)
+    return conn
+
+
+def create_table(url: str) -> None:
+    """``bench_item`` with :data:`ROWS` rows, read by primary key."""
+    conn = raw_connect(url)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("DROP TABLE IF EXISTS bench_item")
+        cursor.execute(
+            "CREATE TABLE bench_item (id integer PRIMARY KEY, value varchar(64) NOT NULL)"
+        )
+        cursor.executemany(
+            "INSERT INTO bench_item (id, value) VALUES (%s, %s)",
+            [(n, f"item {n}") for n in range(1, ROWS + 1)],
+        )
+    finally:
+        conn.close()
+
+
+class ServerCounters:
+    """The server's own view of the application's database, read from a session of its own
+    (on PostgreSQL in another database, so it never counts itself)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.vendor = vendor_of(url)
+        self.database = urlsplit(url).path.lstrip("/")
+        self._conn = raw_connect(url, database="postgres" if self.vendor == "postgresql" else None)
+        self._cursor = self._conn.cursor()
+        self._lock = threading.Lock()
+        self._peak = 0
+        self._sampling: threading.Event | None = None
+        self._sampler: threading.Thread | None = None
+        if self.vendor == "postgresql":
+            self._query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            # Every new session is logged: an exact, immediate count of connects.
+            self._query("ALTER SYSTEM SET log_connections = on")
+            self._query("SELECT pg_reload_conf()")
+            self._log = Path(os.environ[POSTGRES_LOG_VAR])
+            # The reload is asynchronous: wait until a new session is seen in the log.
+            before = self._log_connects_all()
+            for _ in range(100):
+                raw_connect(url).close()
+                if self._log_connects_all() > before:
+                    break
+                time.sleep(0.05)
+            else:
+                raise RuntimeError("log_connections did not take effect")
+        else:
+            # What reading Questions costs by itself, measured so that it can be subtracted.
+            first = self._questions()
+            self._questions_overhead = self._questions() - first
+
+    def close(self) -> None:
+        self.stop_sampling()
+        self._conn.close()
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            self._cursor.execute(sql, params)
+            return list(self._cursor.fetchall()) if self._cursor.description else []
+
+    # Connections open now, and the peak seen by sampling.
+
+    def open_connections(self) -> int:
+        if self.vendor == "postgresql":
+            sql = (
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = %s AND backend_type = 'client backend'"
+            )
+            return int(self._query(sql, (self.database,))[0][0])
+        sql = (
+            "SELECT COUNT(*) FROM information_schema.processlist"
+            " WHERE db = %s AND id <> CONNECTION_ID()"
+        )
+        return int(self._query(sql, (self.database,))[0][0])
+
+    def start_sampling(self) -> None:
+        self.stop_sampling()
+        self._peak = 0
+        self._sampling = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, args=(self._sampling,), daemon=True)
+        self._sampler.start()
+
+    def _sample(self, stop: threading.Event) -> None:
+        while not stop.wait(SAMPLE_EVERY):
+            self._peak = max(self._peak, self.open_connections())
+
+    def stop_sampling(self) -> int:
+        """Stop sampling; the peak seen since :meth:`start_sampling`."""
+        if self._sampling is not None and self._sampler is not None:
+            self._sampling.set()
+            self._sampler.join()
+            self._sampling = self._sampler = None
+        return self._peak
+
+    def settle(self, limit: float = 30) -> None:
+        """Wait until the application runs no more statements: requests a load generator left
+        in flight when it stopped are finished."""
+        deadline = time.monotonic() + limit
+        self.reset_statements()
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            if self.statements() == 0:
+                return
+            self.reset_statements()
+        raise RuntimeError(f"the application was still running statements after {limit:g} s")
+
+    # Connects.
+
+    def _log_connects_all(self) -> int:
+        return self._log.read_text(errors="replace").count("connection authorized")
+
+    def connects(self) -> int:
+        """New sessions on the application's database so far (a running total)."""
+        if self.vendor == "postgresql":
+            text = self._log.read_text(errors="replace")
+            return len(
+                re.findall(rf"connection authorized: user=\S+ database={self.database}\b", text)
+            )
+        return int(self._query("SHOW GLOBAL STATUS LIKE 'Connections'")[0][1])
+
+    # Statements.
+
+    def reset_statements(self) -> None:
+        if self.vendor == "postgresql":
+            self._query("SELECT pg_stat_statements_reset()")
+        else:
+            self._questions_start = self._questions()
+
+    def statements(self) -> int:
+        """Statements the application ran since :meth:`reset_statements`."""
+        if self.vendor == "postgresql":
+            sql = (
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %s)"
+            )
+            return int(self._query(sql, (self.database,))[0][0])
+        return self._questions() - self._questions_start - self._questions_overhead
+
+    def _questions(self) -> int:
+        return int(self._query("SHOW GLOBAL STATUS LIKE 'Questions'")[0][1])
+
+
+@dataclass
+class Site:
+    base: str
+    master: subprocess.Popen[bytes]
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.master.pid}/task/{self.master.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def workers_rss(self) -> int:
+        """Resident memory of the workers, in bytes."""
+        total = 0
+        for pid in self.worker_pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total
+
+
+@contextmanager
+def serve(database_url: str, contender: str, pool_size: int = 4) -> Iterator[Site]:
+    """``benchsite`` under gunicorn for ``contender``, on a free port, stopped on exit."""
+    stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENCH_DATABASE_URL": database_url,
+        "BENCH_CONTENDER": contender,
+        "BENCH_POOL_SIZE": str(pool_size),
+        "BENCH_STATS_DIR": stats_dir,
+        "DJANGO_SETTINGS_MODULE": "benchsite.settings",
+        "PYTHONPATH": f"{HERE}{os.pathsep}{ROOT}",
+    }
+    master = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "benchsite.wsgi",
+            "--config",
+            str(HERE / "benchsite" / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--no-control-socket",
+        ],
+        env=env,
+        cwd=HERE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/ping", timeout=5).close()
+                break
+            except OSError:
+                if master.poll() is not None:
+                    raise RuntimeError(f"gunicorn exited with {master.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError("gunicorn did not answer in 60 s") from None
+                time.sleep(0.1)
+        yield Site(base, master)
+    finally:
+        master.terminate()
+        try:
+            master.wait(60)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait()
+        shutil.rmtree(stats_dir, ignore_errors=True)
+
+
+_WRK_SCRIPT = HERE / "wrk_summary.lua"
+
+
+def wrk(base: str, path: str, connections: int, seconds: float) -> dict[str, int]:
+    """wrk's summary of ``seconds`` of load at ``connections`` keep-alive connections."""
+    result = subprocess.run(
+        [
+            "wrk",
+            "--threads",
+            "1",
+            "--connections",
+            str(connections),
+            "--duration",
+            f"{seconds:g}s",
+            "--timeout",
+            "30s",
+            "--script",
+            str(_WRK_SCRIPT),
+            f"{base}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 120,
+    )
+    for line in result.stdout.splitlines():
+        if line.startswith("WRK_SUMMARY "):
+            summary: dict[str, int] = json.loads(line.removeprefix("WRK_SUMMARY "))
+            return summary
+    raise RuntimeError(f"no summary from wrk:\n{result.stdout}\n{result.stderr}")
+
+
+def exact_requests(base: str, path: str, clients: int, total: int) -> int:
+    """Send ``total`` requests from ``clients`` keep-alive clients and wait for every answer;
+    the number that did not come back 200."""
+    host, port = base.removeprefix("http://").split(":")
+    failures = [0] * clients
+    share = [total // clients + (1 if n < total % clients else 0) for n in range(clients)]
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            for _ in range(share[n]):
+                try:
+                    conn.request("GET", path)
+                    response = conn.getresponse()
+                    response.read()
+                    failures[n] += response.status != 200
+                except (OSError, http.client.HTTPException):
+                    failures[n] += 1
+                    conn.close()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    return sum(failures)
+
+
+def require_wrk() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed; run: python tests/dbservers.py ensure (as root)")

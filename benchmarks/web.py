@@ -1,0 +1,260 @@
+"""HTTP benchmarks: the same one-query view under gunicorn, each contender in turn.
+
+Run by ``make bench`` (which starts the database servers); by hand:
+
+    python tests/dbservers.py -- python benchmarks/web.py [load|jitter]
+
+``load``: every contender that exists for a database, at each concurrency, alternating
+contenders round after round; writes ``results/web.json``. ``jitter``: connect per request,
+Django's native pool and django_dbpool behind a proxy that adds latency with jitter each way
+(PostgreSQL); writes ``results/jitter.json``. Without an argument, both.
+
+Environment: ``BENCH_ROUNDS`` (3), ``BENCH_SECONDS`` (8, per measurement), ``BENCH_WARMUP`` (2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import harness
+
+from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR
+from tests.tcpproxy import tcp_proxy
+
+RESULTS = harness.HERE / "results"
+CONCURRENCY = (16, 64, 256)
+CONTENDERS = {
+    "postgresql": ("connect", "persistent", "native", "dbcp", "dbpool"),
+    "mysql": ("connect", "persistent", "dbcp", "dbpool"),
+}
+JITTER_CONTENDERS = ("connect", "native", "dbpool")
+#: One way: mean and spread, seconds.
+JITTER = (0.001, 0.0005)
+JITTER_CONCURRENCY = 16
+POOL_SIZE = 4
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
+WARMUP = float(os.environ.get("BENCH_WARMUP", "2"))
+
+
+def database_urls() -> dict[str, str]:
+    urls = {}
+    for vendor, variable in (("postgresql", POSTGRES_URL_VAR), ("mysql", MYSQL_URL_VAR)):
+        if os.environ.get(variable):
+            urls[vendor] = os.environ[variable]
+    if not urls:
+        raise SystemExit(
+            f"neither {POSTGRES_URL_VAR} nor {MYSQL_URL_VAR} is set: run through "
+            "`python tests/dbservers.py -- ...` or `make bench`"
+        )
+    return urls
+
+
+def wrk_errors(summary: dict[str, int]) -> int:
+    return sum(summary[key] for key in ("connect", "read", "write", "status", "timeout"))
+
+
+def exact_pass_size(concurrency: int) -> int:
+    return max(1024, concurrency * 4)
+
+
+def measure_load(
+    url: str, counters: harness.ServerCounters, contender: str, rnd: int
+) -> list[dict[str, Any]]:
+    """One gunicorn for ``contender``; one row per concurrency, in increasing order."""
+    rows = []
+    with harness.serve(url, contender, POOL_SIZE) as site:
+        for concurrency in CONCURRENCY:
+            # The server-side counters run no query of their own while settling.
+            counters.start_sampling()
+            warm = harness.wrk(site.base, "/item", concurrency, WARMUP)
+            peak = counters.stop_sampling()
+            counters.settle()
+            connects_before = counters.connects()
+            counters.start_sampling()
+            main = harness.wrk(site.base, "/item", concurrency, SECONDS)
+            peak = max(peak, counters.stop_sampling())
+            counters.settle()
+            connects = counters.connects() - connects_before
+            # Statements per request over a pass whose every request is answered.
+            exact = exact_pass_size(concurrency)
+            counters.reset_statements()
+            exact_failures = harness.exact_requests(site.base, "/item", concurrency, exact)
+            statements = counters.statements()
+            rows.append(
+                {
+                    "contender": contender,
+                    "round": rnd,
+                    "concurrency": concurrency,
+                    "rps": main["requests"] / (main["duration_us"] / 1e6),
+                    "p50_ms": main["p50_us"] / 1000,
+                    "p99_ms": main["p99_us"] / 1000,
+                    "errors": wrk_errors(warm) + wrk_errors(main) + exact_failures,
+                    "peak_connections": peak,
+                    "statements_per_request": statements / exact,
+                    "requests": main["requests"],
+                    "connects": connects,
+                    # Requests still in flight when wrk stops are not in its count, but may
+                    # have connected: connect per request can come out below 0.
+                    "reuse": max(0.0, 1 - connects / main["requests"]),
+                }
+            )
+            print(
+                f"  {contender:>10} c={concurrency:<3} {rows[-1]['rps']:8.0f} rps"
+                f"  p99 {rows[-1]['p99_ms']:7.1f} ms  errors {rows[-1]['errors']}"
+                f"  peak {peak}  stmts/req {rows[-1]['statements_per_request']:.3f}"
+                f"  reuse {rows[-1]['reuse']:.5f}",
+                flush=True,
+            )
+    return rows
+
+
+def run_load(urls: dict[str, str]) -> dict[str, Any]:
+    results: dict[str, Any] = {"databases": {}}
+    for vendor, url in urls.items():
+        harness.create_table(url)
+        counters = harness.ServerCounters(url)
+        rows: list[dict[str, Any]] = []
+        try:
+            for rnd in range(1, ROUNDS + 1):
+                print(f"{vendor}: round {rnd} of {ROUNDS}", flush=True)
+                for contender in CONTENDERS[vendor]:
+                    rows.extend(measure_load(url, counters, contender, rnd))
+        finally:
+            counters.close()
+        results["databases"][vendor] = {"server": server_version(url), "rows": rows}
+    return results
+
+
+def measure_jitter(
+    url: str, counters: harness.ServerCounters, contender: str, rnd: int
+) -> dict[str, Any]:
+    parts = urlsplit(url)
+    assert parts.hostname
+    assert parts.port
+    with tcp_proxy(parts.hostname, parts.port) as proxy:
+        proxy.jitter(*JITTER)
+        netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+        proxied = urlunsplit(parts._replace(netloc=netloc))
+        with harness.serve(proxied, contender, POOL_SIZE) as site:
+            warm = harness.wrk(site.base, "/item", JITTER_CONCURRENCY, WARMUP)
+            rss_before = site.workers_rss()
+            connects_before = proxy.connections
+            main = harness.wrk(site.base, "/item", JITTER_CONCURRENCY, SECONDS)
+            rss_after = site.workers_rss()
+            connects = proxy.connections - connects_before
+        added = round_trip_added(url, proxied)
+    row = {
+        "contender": contender,
+        "round": rnd,
+        "rps": main["requests"] / (main["duration_us"] / 1e6),
+        "p50_ms": main["p50_us"] / 1000,
+        "p99_ms": main["p99_us"] / 1000,
+        "errors": wrk_errors(warm) + wrk_errors(main),
+        "requests": main["requests"],
+        "connects": connects,
+        "reuse": 1 - connects / main["requests"],
+        "rss_mib": rss_after / 2**20,
+        "rss_growth_kib_per_1000": (rss_after - rss_before) / 1024 / (main["requests"] / 1000),
+        "round_trip_added_ms": added,
+    }
+    print(
+        f"  {contender:>10} {row['rps']:8.0f} rps  p99 {row['p99_ms']:7.1f} ms"
+        f"  reuse {row['reuse']:.5f}  rss {row['rss_mib']:.1f} MiB",
+        flush=True,
+    )
+    return row
+
+
+def round_trip_added(direct: str, proxied: str, samples: int = 200) -> float:
+    """Median extra milliseconds of a ``SELECT 1`` round trip through the proxy."""
+    times: dict[str, list[float]] = {direct: [], proxied: []}
+    conns = {url: harness.raw_connect(url) for url in times}
+    try:
+        for _ in range(samples):
+            for url, conn in conns.items():
+                cursor = conn.cursor()
+                start = time.perf_counter()
+                cursor.execute("SELECT 1")
+                cursor.fetchall()
+                times[url].append(time.perf_counter() - start)
+    finally:
+        for conn in conns.values():
+            conn.close()
+    return (statistics.median(times[proxied]) - statistics.median(times[direct])) * 1000
+
+
+def run_jitter(urls: dict[str, str]) -> dict[str, Any]:
+    url = urls.get("postgresql")
+    if url is None:
+        raise SystemExit("the jitter scenario needs PostgreSQL (Django's native pool)")
+    harness.create_table(url)
+    counters = harness.ServerCounters(url)
+    rows = []
+    try:
+        for rnd in range(1, ROUNDS + 1):
+            print(f"jitter: round {rnd} of {ROUNDS}", flush=True)
+            for contender in JITTER_CONTENDERS:
+                rows.append(measure_jitter(url, counters, contender, rnd))
+    finally:
+        counters.close()
+    return {"jitter_ms": [j * 1000 for j in JITTER], "rows": rows}
+
+
+def server_version(url: str) -> str:
+    conn = harness.raw_connect(url)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT version()")
+        return str(cursor.fetchone()[0]).split(" on ")[0].split(",")[0]
+    finally:
+        conn.close()
+
+
+def environment() -> dict[str, Any]:
+    import django
+    import gunicorn
+
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "gunicorn": gunicorn.__version__,
+        "workers": 2,
+        "threads": 8,
+        "pool_size": POOL_SIZE,
+        "rounds": ROUNDS,
+        "seconds": SECONDS,
+        "warmup": WARMUP,
+    }
+
+
+def write(name: str, data: dict[str, Any]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps({"environment": environment(), **data}, indent=1) + "\n")
+    print(f"wrote {path.relative_to(harness.ROOT)}")
+
+
+def main(argv: list[str]) -> int:
+    harness.require_wrk()
+    which = argv[1:] or ["load", "jitter"]
+    urls = database_urls()
+    if "load" in which:
+        write("web.json", run_load(urls))
+    if "jitter" in which:
+        write("jitter.json", run_jitter(urls))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
