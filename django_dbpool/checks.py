@@ -1,7 +1,9 @@
 """System checks for pooled database aliases.
 
 Without ``--database`` the checks read settings only, never connect. ``check --deploy`` adds
-the TLS and password checks; ``check --database ALIAS`` connects through the pool.
+the TLS and password checks; ``check --database ALIAS`` connects through the pool. An alias
+that declares PgBouncer transaction pooling (``POOL["PGBOUNCER"] = "transaction"``) is also
+checked for settings that rely on session state, which that mode does not keep.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from .options import pool_options
+from .options import alias_options, pool_options
 
 ENGINE_PREFIX = "django_dbpool.backends."
 _UNVERIFIED_SSLMODES = frozenset({"disable", "allow", "prefer", "require"})
@@ -78,6 +80,109 @@ def check_configuration(
     for alias in databases or ():
         if alias in pooled_aliases():
             messages.extend(_check_server(alias))
+    return messages
+
+
+@checks.register(checks.Tags.database)
+def check_pgbouncer(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Settings that break, or do nothing, behind PgBouncer in transaction pooling mode.
+
+    There, each transaction (each statement, in autocommit) may run on a different server
+    connection, shared with other clients: session state set by one transaction is not
+    seen by the next. PgBouncer itself carries the time zone, ``application_name`` and
+    client encoding over (it re-sends them when it switches server connections), so
+    Django's per-connection time zone setup and the process tag keep working.
+    """
+    messages: list[checks.CheckMessage] = []
+    for alias in pooled_aliases():
+        config = settings.DATABASES[alias]
+        try:
+            declared = alias_options(alias, config)
+        except ImproperlyConfigured:
+            continue  # reported as E001
+        mode = declared.pgbouncer
+        if mode is not None and _vendor(alias) != "postgresql":
+            messages.append(
+                checks.Error(
+                    f"DATABASES[{alias!r}]: POOL option PGBOUNCER={mode!r} is for "
+                    f"PostgreSQL aliases only; this alias uses {config['ENGINE']}.",
+                    hint="Remove PGBOUNCER from DATABASES[...]['POOL'].",
+                    id="django_dbpool.E001",
+                )
+            )
+        elif mode == "transaction":
+            messages.extend(_check_transaction_pooling(alias, config, declared.reset))
+    return messages
+
+
+def _check_transaction_pooling(alias: str, config: Any, reset: bool) -> list[checks.CheckMessage]:
+    messages: list[checks.CheckMessage] = []
+    options = config.get("OPTIONS") or {}
+    declared = f"DATABASES[{alias!r}] declares PgBouncer transaction pooling"
+    if config.get("DISABLE_SERVER_SIDE_CURSORS") is not True:
+        messages.append(
+            checks.Error(
+                f"{declared} but leaves server-side cursors on: QuerySet.iterator() "
+                "outside a transaction declares a cursor WITH HOLD on one server connection "
+                "and fetches from whichever one PgBouncer assigns next (cursor does not "
+                "exist).",
+                hint="Set DATABASES[...]['DISABLE_SERVER_SIDE_CURSORS'] = True.",
+                id="django_dbpool.E005",
+            )
+        )
+    if options.get("assume_role"):
+        messages.append(
+            checks.Error(
+                f"{declared} and sets OPTIONS['assume_role']: Django runs SET ROLE once per "
+                "connection, which holds on one server connection only. Later transactions "
+                "may run as the login user, and other clients given that server connection "
+                "run as the role.",
+                hint="Remove OPTIONS['assume_role'] and log in as that role: set USER and "
+                "PASSWORD (and PgBouncer's user list) to it.",
+                id="django_dbpool.E006",
+            )
+        )
+    threshold = options.get("prepare_threshold")
+    # Django's default cursors bind parameters client-side and never prepare; only
+    # server-side binding makes psycopg prepare statements.
+    if threshold is not None and options.get("server_side_binding") is True:
+        messages.append(
+            checks.Warning(
+                f"{declared} and sets OPTIONS['prepare_threshold']={threshold!r} with "
+                "OPTIONS['server_side_binding']=True: psycopg prepares statements on one "
+                "server connection and runs them on whichever one PgBouncer assigns next "
+                "(prepared statement does not exist).",
+                hint="Remove OPTIONS['prepare_threshold'] (Django's default, None, turns "
+                "prepared statements off). PgBouncer 1.21+ with max_prepared_statements > 0 "
+                "tracks them; if yours does, silence django_dbpool.W005.",
+                id="django_dbpool.W005",
+            )
+        )
+    if reset:
+        messages.append(
+            checks.Warning(
+                f"{declared} and sets POOL['RESET']=True: DISCARD ALL then resets whichever "
+                "server connection PgBouncer assigns to it, not the ones earlier "
+                "transactions left session state on, and costs round trips every request.",
+                hint="Remove RESET from DATABASES[...]['POOL']; under transaction pooling, "
+                "keep session settings inside transactions (SET LOCAL).",
+                id="django_dbpool.W006",
+            )
+        )
+    if options.get("options"):
+        messages.append(
+            checks.Warning(
+                f"{declared} and sets OPTIONS['options']={options['options']!r}: PgBouncer "
+                "rejects this startup parameter (unsupported startup parameter: options) "
+                "unless it only sets parameters PgBouncer tracks (1.20+), or drops it when "
+                "listed in ignore_startup_parameters; the settings never reach PostgreSQL.",
+                hint="Set them on the server for the user or database instead (ALTER ROLE "
+                "... SET name = value), or per transaction with SET LOCAL.",
+                id="django_dbpool.W007",
+            )
+        )
     return messages
 
 
@@ -156,6 +261,9 @@ def _check_server(alias: str) -> list[checks.CheckMessage]:
         ]
     finally:
         connection.close()
+    if alias_options(alias, settings.DATABASES[alias]).pgbouncer is not None:
+        # The pool's connections end at PgBouncer, which caps the server side itself.
+        return []
     workers = _worker_processes()
     wanted = options.max_size * workers
     if wanted > limit:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -49,20 +52,20 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def fresh_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """No inherited server URLs, and a private TMPDIR the server user can enter."""
+def fresh_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """No inherited server URLs, and a private TMPDIR the server user can enter.
+
+    Not under pytest's own temporary root: another pytest run starting meanwhile resets
+    that to mode 0700, which locks the server user out.
+    """
     monkeypatch.delenv(dbservers.POSTGRES_URL_VAR, raising=False)
     monkeypatch.delenv(dbservers.MYSQL_URL_VAR, raising=False)
-    tmp = tmp_path_factory.mktemp("launcher")
-    for path in (tmp, *tmp.parents):
-        if path == Path("/tmp"):
-            break
-        path.chmod(0o755)
+    tmp = Path(tempfile.mkdtemp(prefix="dbpool-launcher-test-"))
+    tmp.chmod(0o755)
     monkeypatch.setenv("TMPDIR", str(tmp))
     monkeypatch.setattr("tempfile.tempdir", None)
-    return tmp
+    yield tmp
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_launcher_starts_both_servers_with_tls_and_passwords_then_cleans_up(
@@ -153,3 +156,64 @@ def test_launcher_stops_servers_when_the_body_fails(fresh_environment: Path) -> 
 def test_redact_hides_the_password() -> None:
     url = "postgres://app:s3cr%40t@db:5432/app?sslmode=require"
     assert dbservers.redact(url) == "postgres://app:***@db:5432/app?sslmode=require"
+
+
+def test_launcher_puts_pgbouncer_in_front_of_postgresql_then_cleans_up(
+    fresh_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(dbservers.PGBOUNCER_URL_VAR, raising=False)
+    with dbservers.database_servers(postgres=False, mysql=False, pgbouncer=True) as urls:
+        assert set(urls) == {
+            dbservers.POSTGRES_URL_VAR,
+            dbservers.POSTGRES_LOG_VAR,
+            dbservers.PGBOUNCER_URL_VAR,
+        }
+        bouncer_params = pg_params(urls[dbservers.PGBOUNCER_URL_VAR])
+        assert bouncer_params["host"] == "127.0.0.1"
+        assert bouncer_params["port"] != pg_params(urls[dbservers.POSTGRES_URL_VAR])["port"]
+        assert bouncer_params["sslmode"] == "verify-full"
+        (pid,) = [
+            int(entry.name)
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit()
+            and str(fresh_environment) in _cmdline(entry)
+            and "pgbouncer" in _cmdline(entry)
+        ]
+        if os.geteuid() == 0:
+            # Like the servers, PgBouncer runs as the unprivileged server user.
+            uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0])
+            assert uid == dbservers.server_account().pw_uid  # type: ignore[union-attr]
+
+        # TLS verified up to PgBouncer, and from PgBouncer to PostgreSQL.
+        with psycopg.connect(**bouncer_params, autocommit=True) as conn:
+            assert conn.pgconn.ssl_in_use
+            (ssl,) = conn.execute(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            ).fetchone()
+            assert ssl is True
+        # PgBouncer checks the password itself (SCRAM).
+        with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
+            psycopg.connect(**{**bouncer_params, "password": "wrong"}).close()
+        # Transaction pooling, for the launcher's database and any other (the test runner's).
+        console = {**bouncer_params, "dbname": "pgbouncer"}
+        with psycopg.connect(**console, autocommit=True, prepare_threshold=None) as conn:
+            cursor = conn.cursor()
+            cursor.execute("SHOW POOLS")
+            columns = [column.name for column in cursor.description or ()]
+            pools = {row[0]: dict(zip(columns, row, strict=True)) for row in cursor.fetchall()}
+        assert pools[dbservers.DATABASE_NAME]["pool_mode"] == "transaction"
+        with psycopg.connect(**{**bouncer_params, "dbname": "postgres"}) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("postgres",)
+
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+    assert list(fresh_environment.iterdir()) == []
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
