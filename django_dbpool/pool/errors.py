@@ -16,6 +16,7 @@ from __future__ import annotations
 from django.db.utils import OperationalError
 
 __all__ = [
+    "ConnectFailed",
     "PoolClosed",
     "PoolConfigError",
     "PoolError",
@@ -47,6 +48,21 @@ class PoolUnavailable(PoolError):
 
 class PoolClosed(PoolError):
     """The pool was closed: raised by acquire, and to callers that were waiting."""
+
+
+class ConnectFailed(PoolError):
+    """A new connection could not be opened; ``__cause__`` is the driver's error.
+
+    The Django backends raise it from their connect callable with a message that names the
+    database alias, where it connected, the cause and what to check, and never the password.
+    The pool treats it like any other connect error: callers usually meet it as the last
+    error quoted by ``PoolUnavailable`` or ``PoolTimeout``.
+    """
+
+    def __repr__(self) -> str:
+        # Quoted with %r by the pool's messages and logs: read like the last line of a
+        # traceback, not like an escaped string literal.
+        return f"{type(self).__name__}: {self}"
 
 
 class PoolConfigError(ValueError):

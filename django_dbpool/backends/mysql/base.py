@@ -10,12 +10,25 @@ from django.db.backends.mysql import base as stock
 from django.utils.functional import cached_property
 
 from ... import metrics
-from ..base import PooledWrapperMixin
+from ..base import AUTH_HINT, CONNECT_HINT, NAME_HINT, UNREACHABLE_HINT, PooledWrapperMixin
 
 # Client and server error codes after which the session is gone: server has gone away,
 # lost connection (during query / at handshake), server shutdown, connection killed,
 # disconnected for inactivity.
 _DEAD_ERRORS = frozenset({2006, 2013, 2055, 1053, 1927, 4031, 2026})
+
+# What to check after a failed connect, by error code.
+_CONNECT_HINTS = {
+    1045: AUTH_HINT,  # access denied
+    1044: "Check NAME and USER: the user may not use this database.",
+    1049: NAME_HINT,  # unknown database
+    1130: "The server admits USER only from other hosts: check USER, or the user's grants.",
+    2002: UNREACHABLE_HINT,  # no server at the socket or port
+    2003: UNREACHABLE_HINT,
+    2005: UNREACHABLE_HINT,  # unknown host
+    2026: "TLS failed: check OPTIONS['ssl_mode'] and OPTIONS['ssl'] ({'ca': the CA "
+    "certificate that signed the server's certificate}), and that the server has TLS on.",
+}
 
 
 class MySQLdbAdapter:
@@ -82,6 +95,13 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
         finally:
             cursor.close()
         connection.autocommit(True)
+
+    def explain_connect_error(self, error: BaseException) -> tuple[str, str]:
+        args: tuple[Any, ...] = getattr(error, "args", ())
+        if len(args) != 2 or not isinstance(args[0], int):
+            return super().explain_connect_error(error)
+        cause = f"{' '.join(str(args[1]).split()).rstrip('.')} (error {args[0]})"
+        return cause, _CONNECT_HINTS.get(args[0], CONNECT_HINT)
 
     def connection_is_dead_error(self, error: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(error, "args", ())
