@@ -1,0 +1,415 @@
+"""The benchmark report: ``results/report.md``, ``results/web.png`` and the README's section.
+
+Reads what ``django_cycle.py`` and ``web.py`` wrote (``results/*.json``), takes medians over
+rounds (spread: the lowest and highest round), checks the targets, and writes
+
+- ``results/report.md``: every table, and each target with PASS or MISS;
+- ``results/web.png``: requests per second by contender and concurrency;
+- the part of ``README.rst`` between ``.. benchmark-report-start`` and ``-end``.
+
+``python benchmarks/report.py --check`` only compares the README with the committed results
+and fails if they differ (the test suite runs it): the README's numbers are never typed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.rst"
+START = ".. benchmark-report-start"
+END = ".. benchmark-report-end"
+
+VENDORS = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
+NAMES = {
+    "connect": "connect per request",
+    "persistent": "persistent (CONN_MAX_AGE=None)",
+    "native": "Django's native pool",
+    "dbcp": "django-db-connection-pool",
+    "dbpool": "django_dbpool",
+}
+WORKERS = 2
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |"]
+        lines.append("|" + "---|" * len(self.headers))
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def rst(self) -> str:
+        lines = [f".. list-table:: {self.title}", "   :header-rows: 1", ""]
+        for row in [self.headers, *self.rows]:
+            lines.append("   * - " + (row[0] or r"\ "))
+            lines += ["     - " + (cell or r"\ ") for cell in row[1:]]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Target:
+    text: str
+    passed: bool
+    measured: str
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
+    return f"{fmt.format(median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def by(rows: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    return [row for row in rows if all(row[key] == value for key, value in match.items())]
+
+
+def paired_ratios(rows: list[dict[str, Any]], a: str, b: str, concurrency: int) -> list[float]:
+    """``a``'s rps over ``b``'s, round by round (the runs of one round ran side by side)."""
+    ratios = []
+    for rnd in sorted({row["round"] for row in rows}):
+        (ra,) = by(rows, contender=a, concurrency=concurrency, round=rnd)
+        (rb,) = by(rows, contender=b, concurrency=concurrency, round=rnd)
+        ratios.append(ra["rps"] / rb["rps"])
+    return ratios
+
+
+def web_tables(web: dict[str, Any]) -> list[Table]:
+    tables = []
+    for vendor, data in web["databases"].items():
+        rows = data["rows"]
+        contenders = list(dict.fromkeys(row["contender"] for row in rows))
+        table_rows = []
+        for concurrency in sorted({row["concurrency"] for row in rows}):
+            for contender in contenders:
+                cell = by(rows, contender=contender, concurrency=concurrency)
+                vs_persistent = paired_ratios(rows, contender, "persistent", concurrency)
+                ours = (
+                    ""
+                    if contender == "dbpool"
+                    else spread(paired_ratios(rows, "dbpool", contender, concurrency), "{:.2f}x")
+                )
+                table_rows.append(
+                    [
+                        str(concurrency),
+                        NAMES[contender],
+                        spread([r["rps"] for r in cell]),
+                        f"{median([r['p50_ms'] for r in cell]):.1f}",
+                        f"{median([r['p99_ms'] for r in cell]):.1f}",
+                        str(sum(r["errors"] for r in cell)),
+                        str(max(r["peak_connections"] for r in cell)),
+                        f"{max(r['statements_per_request'] for r in cell):.3f}",
+                        f"{min(r['reuse'] for r in cell) * 100:.2f} %",
+                        f"{median(vs_persistent):.2f}x",
+                        ours,
+                    ]
+                )
+        tables.append(
+            Table(
+                f"{VENDORS[vendor]} ({data['server']}): one indexed SELECT per request",
+                [
+                    "clients",
+                    "contender",
+                    "requests/s (min-max)",
+                    "p50 ms",
+                    "p99 ms",
+                    "errors",
+                    "peak server conns",
+                    "statements/request",
+                    "reuse (lowest)",
+                    "vs persistent",
+                    "django_dbpool vs it",
+                ],
+                table_rows,
+            )
+        )
+    return tables
+
+
+def web_targets(web: dict[str, Any]) -> list[Target]:
+    targets = []
+    for vendor, data in web["databases"].items():
+        rows = data["rows"]
+        name = VENDORS[vendor]
+        concurrencies = sorted({row["concurrency"] for row in rows})
+        ours = by(rows, contender="dbpool")
+
+        def ratio_target(
+            other: str,
+            floor: float,
+            label: str,
+            rows: list[dict[str, Any]] = rows,
+            name: str = name,
+            concurrencies: list[int] = concurrencies,
+        ) -> Target:
+            worst = min(median(paired_ratios(rows, "dbpool", other, c)) for c in concurrencies)
+            return Target(
+                f"{name}: throughput at least {floor:g}x {label} at every concurrency",
+                worst >= floor,
+                f"lowest median ratio {worst:.3f}x",
+            )
+
+        targets.append(ratio_target("persistent", 0.97, "persistent connections"))
+        if by(rows, contender="native"):
+            targets.append(ratio_target("native", 1.0, "Django's native pool"))
+        if vendor == "mysql" and by(rows, contender="dbcp"):
+            targets.append(ratio_target("dbcp", 1.3, "django-db-connection-pool"))
+        worst_statements = max(row["statements_per_request"] for row in ours)
+        targets.append(
+            Target(
+                f"{name}: exactly 1.0 statements per request",
+                all(abs(row["statements_per_request"] - 1) < 1e-9 for row in ours),
+                f"highest {worst_statements:.4f}",
+            )
+        )
+        bound = WORKERS * web["environment"]["pool_size"]
+        peak = max(row["peak_connections"] for row in ours)
+        targets.append(
+            Target(
+                f"{name}: peak server connections at most {WORKERS} workers x MAX_SIZE = {bound}",
+                peak <= bound,
+                f"peak {peak}",
+            )
+        )
+        top = max(concurrencies)
+        errors = sum(row["errors"] for row in by(ours, concurrency=top))
+        targets.append(
+            Target(f"{name}: zero errors at {top} clients", errors == 0, f"{errors} errors")
+        )
+        reuse = min(row["reuse"] for row in ours)
+        targets.append(
+            Target(f"{name}: reuse rate at least 99.9 %", reuse >= 0.999, f"lowest {reuse:.4%}")
+        )
+    return targets
+
+
+def cycle_table(cycle: dict[str, Any]) -> Table:
+    rows = []
+    for row in cycle["rows"].values():
+        fair = [f for f in row["fairness"] if f is not None]
+        rows.append(
+            [
+                VENDORS[row["vendor"]],
+                NAMES[row["contender"]],
+                spread([s * 1e6 for s in row["single_s"]], "{:.1f}"),
+                spread(row["rate"]),
+                f"{median(fair):.2f}" if fair else "a thread starved",
+            ]
+        )
+    env = cycle["environment"]
+    return Table(
+        f"ensure_connection() + close() through each pooled ENGINE, pool of {env['pool_size']}",
+        [
+            "database",
+            "ENGINE",
+            "µs per cycle, 1 thread",
+            f"cycles/s, {env['threads']} threads",
+            "fairness max/min",
+        ],
+        rows,
+    )
+
+
+def cycle_targets(cycle: dict[str, Any]) -> list[Target]:
+    rows = {(r["vendor"], r["contender"]): r for r in cycle["rows"].values()}
+    targets = []
+    ours, native = rows.get(("postgresql", "dbpool")), rows.get(("postgresql", "native"))
+    if ours and native:
+        ratio = median(ours["single_s"]) / median(native["single_s"])
+        targets.append(
+            Target(
+                "Django-level cycle, 1 thread: at most 0.75x the time of Django's native pool",
+                ratio <= 0.75,
+                f"{ratio:.2f}x",
+            )
+        )
+    for (vendor, contender), row in rows.items():
+        if contender != "dbpool":
+            continue
+        fair = [f for f in row["fairness"] if f is not None]
+        worst = max(fair) if len(fair) == len(row["fairness"]) else float("inf")
+        targets.append(
+            Target(
+                f"{VENDORS[vendor]}: fairness max/min at most 1.10 with "
+                f"{cycle['environment']['threads']} threads",
+                worst <= 1.10,
+                f"worst round {worst:.2f}",
+            )
+        )
+    return targets
+
+
+def jitter_table(jitter: dict[str, Any]) -> Table:
+    rows = jitter["rows"]
+    mean, half = jitter["jitter_ms"]
+    table_rows = []
+    for contender in dict.fromkeys(row["contender"] for row in rows):
+        cell = by(rows, contender=contender)
+        table_rows.append(
+            [
+                NAMES[contender],
+                spread([r["rps"] for r in cell]),
+                f"{median([r['p50_ms'] for r in cell]):.1f}",
+                f"{median([r['p99_ms'] for r in cell]):.1f}",
+                str(sum(r["errors"] for r in cell)),
+                f"{min(r['reuse'] for r in cell) * 100:.2f} %",
+                f"{median([r['rss_mib'] for r in cell]):.1f}",
+                f"{median([r['rss_growth_kib_per_1000'] for r in cell]):.1f}",
+            ]
+        )
+    added = median([r["round_trip_added_ms"] for r in rows])
+    return Table(
+        f"PostgreSQL behind a proxy adding {mean:g} ms ± {half:g} ms each way "
+        f"(measured: +{added:.1f} ms per round trip), 16 clients",
+        [
+            "contender",
+            "requests/s (min-max)",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "reuse (lowest)",
+            "workers' RSS MiB",
+            "RSS growth KiB per 1,000 requests",
+        ],
+        table_rows,
+    )
+
+
+def targets_table(targets: list[Target]) -> Table:
+    return Table(
+        "Targets",
+        ["target", "result", "measured"],
+        [[t.text, "PASS" if t.passed else "MISS", t.measured] for t in targets],
+    )
+
+
+def describe(web: dict[str, Any] | None, cycle: dict[str, Any] | None) -> str:
+    env = (web or cycle or {}).get("environment", {})
+    parts = [f"Measured on {env.get('date', '?')}, {env.get('cpus', '?')} CPUs"]
+    if web:
+        e = web["environment"]
+        parts.append(
+            f"Python {e['python']}, Django {e['django']}, gunicorn {e['gunicorn']} "
+            f"({e['workers']} workers x {e['threads']} gthread threads), wrk on loopback; "
+            f"{e['rounds']} rounds alternating contenders, {e['seconds']:g} s per measurement "
+            f"after {e['warmup']:g} s of warm-up; pool size {e['pool_size']} per worker for "
+            "every pool"
+        )
+    return "; ".join(parts) + "."
+
+
+def sections(render: Callable[[Table], str], image: str | None) -> str:
+    web, cycle, jitter = load("web.json"), load("cycle.json"), load("jitter.json")
+    targets = (web_targets(web) if web else []) + (cycle_targets(cycle) if cycle else [])
+    out = [describe(web, cycle), ""]
+    if image and web:
+        out += [image, ""]
+    if targets:
+        out += [render(targets_table(targets)), ""]
+    for table in web_tables(web) if web else []:
+        out += [render(table), ""]
+    if cycle:
+        out += [render(cycle_table(cycle)), ""]
+    if jitter:
+        out += [render(jitter_table(jitter)), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def readme_section() -> str:
+    return sections(
+        Table.rst,
+        ".. image:: benchmarks/results/web.png\n   :alt: requests per second by contender",
+    )
+
+
+def replace_section(text: str, start: str, end: str, body: str) -> str:
+    head, found, rest = text.partition(start + "\n")
+    if not found or end not in rest:
+        raise SystemExit(f"README.rst has no {start} ... {end} markers")
+    return head + start + "\n\n" + body + "\n" + end + rest[rest.index(end) + len(end) :]
+
+
+def chart(web: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    databases = web["databases"]
+    fig, axes = plt.subplots(1, len(databases), figsize=(6 * len(databases), 4), squeeze=False)
+    for ax, (vendor, data) in zip(axes[0], databases.items(), strict=True):
+        rows = data["rows"]
+        contenders = list(dict.fromkeys(row["contender"] for row in rows))
+        concurrencies = sorted({row["concurrency"] for row in rows})
+        width = 0.8 / len(contenders)
+        for i, contender in enumerate(contenders):
+            values = [
+                [r["rps"] for r in by(rows, contender=contender, concurrency=c)]
+                for c in concurrencies
+            ]
+            mid = [median(v) for v in values]
+            err = [
+                [m - min(v) for m, v in zip(mid, values, strict=True)],
+                [max(v) - m for m, v in zip(mid, values, strict=True)],
+            ]
+            ax.bar(
+                [x + i * width for x in range(len(concurrencies))],
+                mid,
+                width,
+                yerr=err,
+                capsize=2,
+                label=NAMES[contender],
+            )
+        ax.set_xticks([x + width * (len(contenders) - 1) / 2 for x in range(len(concurrencies))])
+        ax.set_xticklabels([f"{c} clients" for c in concurrencies])
+        ax.set_ylabel("requests per second (median, min-max)")
+        ax.set_title(f"{VENDORS[vendor]}: one indexed SELECT per request")
+        ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    readme = README.read_text()
+    updated = replace_section(readme, START, END, readme_section())
+    if "--check" in argv:
+        if updated != readme:
+            print(
+                "README.rst's benchmark section differs from benchmarks/results: "
+                "run `python benchmarks/report.py`",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    web = load("web.json")
+    (RESULTS / "report.md").write_text(
+        "# Benchmarks\n\n" + sections(Table.markdown, "![requests per second](web.png)")
+    )
+    if web:
+        chart(web, RESULTS / "web.png")
+    README.write_text(updated)
+    print("wrote benchmarks/results/report.md, web.png and README.rst's benchmark section")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
