@@ -3,10 +3,8 @@ database down and back up, and SIGTERM drains under load with nothing lost."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
-import threading
 import time
 import urllib.request
 
@@ -15,6 +13,7 @@ from django.conf import settings
 
 from tests import processes
 from tests.dbservers import private_server
+from tests.faults.load import Load, get_paths
 from tests.processes import gunicorn
 
 
@@ -55,71 +54,14 @@ def test_readiness_follows_the_database_down_and_back_up() -> None:
             assert statuses[-3:] == [200, 200, 200], statuses
 
 
-class Load:
-    """Client threads sending GET / and the slow /report/ until told to stop; a request is
-    begun only while not stopping, so that every request begun must be answered."""
-
-    def __init__(self, base: str, clients: int) -> None:
-        self.host, port = base.removeprefix("http://").split(":")
-        self.port = int(port)
-        self.lock = threading.Lock()
-        self.stopping = False
-        self.in_flight = 0
-        self.connected = threading.Condition(self.lock)
-        self.unconnected = 0
-        self.results: list[int | str] = []
-        self.threads = [threading.Thread(target=self._client, args=(n,)) for n in range(clients)]
-
-    def _client(self, n: int) -> None:
-        for i in range(10_000):  # bounded; ends long before this at stop()
-            with self.lock:
-                if self.stopping:
-                    return
-                self.in_flight += 1
-                self.unconnected += 1
-            path = "/report/" if (n + i) % 4 == 0 else "/"
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
-            try:
-                try:
-                    conn.connect()
-                finally:
-                    with self.lock:
-                        self.unconnected -= 1
-                        self.connected.notify_all()
-                conn.request("GET", path)
-                response = conn.getresponse()
-                response.read()
-                outcome: int | str = response.status
-            except Exception as exc:  # every failure is reported by the test
-                outcome = f"{path}: {type(exc).__name__}: {exc}"
-            finally:
-                conn.close()
-            with self.lock:
-                self.in_flight -= 1
-                self.results.append(outcome)
-
-    def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
-
-    def stop_starting(self) -> None:
-        """No new request after this returns; those begun have their TCP connection."""
-        with self.lock:
-            self.stopping = True
-            self.connected.wait_for(lambda: self.unconnected == 0, timeout=30)
-
-    def join(self) -> None:
-        for thread in self.threads:
-            thread.join(120)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_sigterm_drains_under_load_with_every_request_answered() -> None:
     processes.manage("migrate", "--noinput", "-v", "0")
     processes.manage("demo_data")
     unclean = processes.UncleanDisconnects()
     with gunicorn(processes.database_url()) as (server, base):
-        load = Load(base, clients=12)
+        # GET / and, for one request in four, the one-second /report/.
+        load = Load(base, clients=12, request=get_paths(["/report/", "/", "/", "/"]))
         load.start()
         deadline = time.monotonic() + 30
         # Run until slow requests are in flight and some requests are done.
@@ -132,11 +74,11 @@ def test_sigterm_drains_under_load_with_every_request_answered() -> None:
         with load.lock:
             in_flight_at_sigterm = load.in_flight
         server.send_signal(signal.SIGTERM)
-        load.join()
+        results = load.join()
         assert server.wait(90) == 0
     assert in_flight_at_sigterm > 0
-    failures = [r for r in load.results if r != 200]
+    failures = [str(r) for r in results if r.status != 200]
     assert failures == []
-    assert len(load.results) >= 20
+    assert len(results) >= 20
     assert processes.wait_for_no_app_sessions() == 0
     assert unclean.since() == 0

@@ -15,18 +15,21 @@ class InsufficientFunds(Exception):
 def transfer(source: Account, target: Account, amount: Decimal) -> Transfer:
     """Move ``amount`` from ``source`` to ``target`` atomically.
 
-    The transfer is recorded and the target credited before the source is debited; when the
-    debit would overdraw the source, the database's check constraint rejects it and the
-    whole transaction, record and credit included, is rolled back.
+    Both balances are updated, then the transfer is recorded; when the debit would overdraw
+    the source, the database's check constraint rejects it and the whole transaction is
+    rolled back.
     """
     try:
         with transaction.atomic():
-            record = Transfer.objects.create(source=source, target=target, amount=amount)
             # Update rows in primary-key order so that two opposite transfers running at
             # once lock the same rows in the same order and cannot deadlock.
             deltas = {target.pk: amount, source.pk: -amount}
             for pk in sorted(deltas):
                 Account.objects.filter(pk=pk).update(balance=F("balance") + deltas[pk])
+            # Recorded last: its foreign-key checks then find both rows locked by this
+            # transaction already. Recorded first, they would take shared locks (InnoDB
+            # does), which two concurrent transfers cannot both upgrade: a deadlock.
+            record = Transfer.objects.create(source=source, target=target, amount=amount)
     except IntegrityError as exc:
         raise InsufficientFunds(f"{source} cannot cover {amount}") from exc
     return record

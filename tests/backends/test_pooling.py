@@ -131,20 +131,36 @@ def test_atomic_block_and_savepoints_work_as_usual() -> None:
     assert sorted(Account.objects.values_list("name", flat=True)) == ["Hook", "Outer"]
 
 
-def test_killed_connection_is_discarded_not_reused() -> None:
-    victim = session_id()
-    connection.close()
+def kill_session(victim: int) -> None:
+    """End session ``victim`` on the server; returns once the server no longer lists it."""
     with raw_connection() as conn:
         cursor = conn.cursor()
         if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_terminate_backend(%s)", [victim])
+            # With a timeout, the call returns once the backend has sent its goodbye.
+            cursor.execute("SELECT pg_terminate_backend(%s, 10000)", [victim])
         else:
-            cursor.execute(f"KILL {victim}")
-    # The pooled connection is idle and fresh, so it is handed out unprobed; the query
-    # fails, and the error marks the connection dead so that it is not reused.
+            cursor.execute(f"KILL {victim}")  # synchronous: the socket is shut down
+
+
+def test_killed_connection_is_discarded_not_reused() -> None:
+    victim = session_id()
+    kill_session(victim)
+    # Killed while checked out: the next statement fails, and the error marks the
+    # connection dead so that it is not given back to the pool.
     with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's error, wrapped by Django
         session_id()
     connection.close()
+    replacement = session_id()
+    assert replacement != victim
+    assert connection.pool.stats().closed["broken"] >= 1
+
+
+def test_killed_idle_connection_is_replaced_without_an_error() -> None:
+    victim = session_id()
+    connection.close()
+    kill_session(victim)
+    # Killed while idle in the pool, and too fresh for a VALIDATE_AFTER probe: the checkout
+    # sees the server closed it (no round trip) and hands out another connection.
     replacement = session_id()
     assert replacement != victim
     assert connection.pool.stats().closed["broken"] >= 1
