@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := postgresql,mysql,environ,prometheus
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck suites pytest-all django-suite packaging demo bench-pool bench-tagging system-deps clean
+.PHONY: test lint typecheck suites pytest-all django-suite django-suite-pgbouncer packaging demo bench-pool bench-tagging system-deps clean
 
 ## test: lint, type-check, our suite and Django's on PostgreSQL and on MariaDB, packaging.
 test: system-deps $(STAMP)
@@ -21,6 +21,7 @@ suites:
 	@rc=0; \
 	$(MAKE) --no-print-directory pytest-all || rc=1; \
 	$(MAKE) --no-print-directory django-suite || rc=1; \
+	$(MAKE) --no-print-directory django-suite-pgbouncer || rc=1; \
 	exit $$rc
 
 pytest-all:
@@ -38,6 +39,22 @@ django-suite:
 	$(PY) tests/django_suite.py mysql --engine django_dbpool.backends.mysql || rc=1; \
 	exit $$rc
 
+# The same modules through PgBouncer in transaction pooling mode, with the settings the
+# README documents. Starts PgBouncer (and PostgreSQL, unless DBPOOL_TEST_POSTGRES_URL is set).
+django-suite-pgbouncer:
+	$(PY) tests/dbservers.py --pgbouncer -- \
+		$(PY) tests/django_suite.py postgresql --engine django_dbpool.backends.postgresql --pgbouncer
+
+## test-faults: the fault suite in full on PostgreSQL and MariaDB; writes benchmarks/results/faults.md.
+.PHONY: test-faults
+test-faults: system-deps $(STAMP)
+	$(PY) tests/dbservers.py --postgres --mysql -- sh -c '\
+		rc=0; \
+		DBPOOL_FAULTS=full DBPOOL_TEST_DATABASE=postgresql $(PY) -m pytest $(PYTEST_ARGS) tests/faults || rc=1; \
+		DBPOOL_FAULTS=full DBPOOL_TEST_DATABASE=mysql $(PY) -m pytest $(PYTEST_ARGS) tests/faults || rc=1; \
+		exit $$rc'
+	$(PY) -m tests.faults.report
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -51,6 +68,13 @@ packaging: $(STAMP)
 ## demo: the example project on a throwaway PostgreSQL (or $$DATABASE_URL), served by gunicorn.
 demo: system-deps $(STAMP)
 	$(PY) example_project/demo.py
+
+## bench: every benchmark against the alternatives, on throwaway servers; writes benchmarks/results/.
+bench: system-deps $(STAMP)
+	$(PY) -m pip install -q -r benchmarks/requirements.txt
+	$(PY) tests/dbservers.py --postgres --mysql -- sh -c '\
+		$(PY) benchmarks/django_cycle.py && $(PY) benchmarks/web.py load jitter'
+	$(PY) benchmarks/report.py
 
 ## bench-pool: the pool's own overhead against psycopg_pool and SQLAlchemy (no server needed).
 bench-pool: $(STAMP)

@@ -9,7 +9,7 @@ contenders round after round; writes ``results/web.json``. ``jitter``: connect p
 Django's native pool and django_dbpool behind a proxy that adds latency with jitter each way
 (PostgreSQL); writes ``results/jitter.json``. Without an argument, both.
 
-Environment: ``BENCH_ROUNDS`` (3), ``BENCH_SECONDS`` (8, per measurement), ``BENCH_WARMUP`` (2).
+Environment: ``BENCH_ROUNDS`` (3), ``BENCH_SECONDS`` (5, per measurement), ``BENCH_WARMUP`` (2).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ JITTER_CONCURRENCY = 16
 POOL_SIZE = 4
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 WARMUP = float(os.environ.get("BENCH_WARMUP", "2"))
 
 

@@ -6,6 +6,8 @@ django-environ (when it is installed), so that ``env.db()`` picks the pooled ENG
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0.dev0"
 
 URL_SCHEMES = {
@@ -33,6 +35,14 @@ def close_all_pools(timeout: float | None = None) -> dict[str, object]:
     from .shutdown import close_all_pools as close
 
     return dict(close(timeout))
+
+
+def parse_database_url(url: str | None, *, setting: str = "DATABASE_URL") -> dict[str, Any]:
+    """A ``DATABASES`` entry from a database URL, with errors that name ``setting`` and the
+    fix and never quote the password (see ``django_dbpool.options.parse_database_url``)."""
+    from .options import parse_database_url as parse
+
+    return parse(url, setting=setting)
 
 
 register_url_schemes()

@@ -14,6 +14,7 @@ raises ``ImproperlyConfigured`` naming the alias, the key, the value and what is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -22,16 +23,26 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .pool import PoolConfigError, PoolOptions
 
-__all__ = ["OPTIONS_PREFIX", "AliasOptions", "alias_options", "driver_options", "pool_options"]
+__all__ = [
+    "OPTIONS_PREFIX",
+    "AliasOptions",
+    "alias_options",
+    "driver_options",
+    "parse_database_url",
+    "pool_options",
+]
 
 #: Prefix of pool options inside ``OPTIONS`` (django-environ's URL query parameters).
 OPTIONS_PREFIX = "pool_"
 
 #: Options of the backend rather than of the pool core.
 _BACKEND_OPTIONS = frozenset({"RESET"})
+#: PgBouncer pool modes Django can run behind (statement pooling cannot run a transaction).
+PGBOUNCER_MODES = ("transaction", "session")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
+_KNOWN_OPTIONS = frozenset(f.name.upper() for f in fields(PoolOptions))
 _INTEGER_OPTIONS = frozenset(f.name.upper() for f in fields(PoolOptions) if f.type in ("int", int))
 
 
@@ -42,6 +53,8 @@ class AliasOptions:
     pool: PoolOptions
     #: Run a full session reset (``DISCARD ALL``; MySQL's COM_CHANGE_USER) on every return.
     reset: bool = False
+    #: The pool mode of the PgBouncer the alias connects through, or None (no PgBouncer).
+    pgbouncer: str | None = None
 
 
 def alias_options(alias: str, settings_dict: Mapping[str, Any]) -> AliasOptions:
@@ -70,10 +83,18 @@ def alias_options(alias: str, settings_dict: Mapping[str, Any]) -> AliasOptions:
         raise ImproperlyConfigured(
             f"DATABASES[{alias!r}]: POOL option RESET={reset!r} is invalid; expected True or False."
         )
+    pgbouncer = merged.pop("PGBOUNCER", None)
+    if pgbouncer is not None and pgbouncer not in PGBOUNCER_MODES:
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}]: POOL option PGBOUNCER={pgbouncer!r} is invalid; expected "
+            "'transaction' or 'session' (PgBouncer's pool_mode), or None."
+        )
     try:
-        return AliasOptions(PoolOptions.from_mapping(merged), reset=reset)
+        return AliasOptions(PoolOptions.from_mapping(merged), reset=reset, pgbouncer=pgbouncer)
     except PoolConfigError as exc:
-        raise ImproperlyConfigured(f"DATABASES[{alias!r}]: {exc}") from None
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}]: {exc}{_url_origin(exc.option, pool)}"
+        ) from None
 
 
 def pool_options(alias: str, settings_dict: Mapping[str, Any]) -> PoolOptions:
@@ -100,7 +121,7 @@ def _cast(alias: str, key: str, name: str, value: object) -> object:
             f"DATABASES[{alias!r}]: OPTIONS[{key!r}]={value!r} is not a boolean "
             "(true/false, 1/0, yes/no, on/off)."
         )
-    if not isinstance(value, str):
+    if not isinstance(value, str) or name == "PGBOUNCER":
         return value
     text = value.strip()
     try:
@@ -109,5 +130,63 @@ def _cast(alias: str, key: str, name: str, value: object) -> object:
         kind = "an integer" if name in _INTEGER_OPTIONS else "a number of seconds"
         raise ImproperlyConfigured(
             f"DATABASES[{alias!r}]: OPTIONS[{key!r}]={value!r} is not {kind} "
-            f"(it sets the pool option {name})."
+            f"(it sets the pool option {name}). Write a number, as in ?{key}=2 in the "
+            "database URL."
+        ) from None
+
+
+def _url_origin(option: str, pool: Mapping[str, Any]) -> str:
+    # An option that is not in POOL came from OPTIONS, that is, most likely from a query
+    # parameter of the database URL: say so, in the spelling the user wrote.
+    if option in pool:
+        return ""
+    key = OPTIONS_PREFIX + option.lower()
+    origin = f" It was set by OPTIONS[{key!r}], the {key} parameter of the database URL."
+    if option not in _KNOWN_OPTIONS:
+        origin += (
+            f" URL parameters are the option names in lower case with the {OPTIONS_PREFIX} "
+            f"prefix, as in {OPTIONS_PREFIX}max_size."
+        )
+    return origin
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")
+_URL_FORM = "pgpool://USER:PASSWORD@HOST:PORT/NAME (or mysqlpool://...)"
+
+
+def parse_database_url(url: str | None, *, setting: str = "DATABASE_URL") -> dict[str, Any]:
+    """``url`` as a ``DATABASES`` entry, parsed by django-environ (which knows
+    ``pgpool://`` and ``mysqlpool://``), with clear errors where django-environ's are not.
+
+    Raises ``ImproperlyConfigured`` naming ``setting`` and the fix for a value that is not a
+    URL, an unknown scheme, or a port that is not a number from 0 to 65535. The message
+    never quotes the URL, which holds the password. Pool options in the query string are
+    validated with the alias's other options (``manage.py check``, first connection).
+    """
+    try:
+        import environ
+    except ImportError:
+        raise ImproperlyConfigured(
+            f"{setting}: reading a database URL needs django-environ: "
+            "pip install 'django-dbpool[environ]'."
+        ) from None
+    scheme, sep, _ = url.partition("://") if isinstance(url, str) else ("", "", "")
+    if not sep or not _SCHEME.match(scheme):
+        raise ImproperlyConfigured(
+            f"{setting} is empty or not a database URL; expected {_URL_FORM}."
+        )
+    if scheme not in environ.Env.DB_SCHEMES:
+        raise ImproperlyConfigured(
+            f"{setting}: unknown scheme {scheme + '://'!r}. Use pgpool:// (PostgreSQL) or "
+            "mysqlpool:// (MySQL/MariaDB), as in " + _URL_FORM + "."
+        )
+    try:
+        return dict(environ.Env.db_url_config(url))
+    except ValueError:
+        # django-environ's message quotes what it took for the port: part of the password
+        # when the password holds an unencoded "/" or "?".
+        raise ImproperlyConfigured(
+            f"{setting}: the port is not a number from 0 to 65535. Write HOST:PORT with a "
+            "numeric PORT; if the password contains /, ?, # or %, percent-encode it "
+            "(urllib.parse.quote(password, safe=''))."
         ) from None

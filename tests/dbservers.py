@@ -5,7 +5,7 @@ Standard library only, so it runs before any virtualenv exists.
 Command line::
 
     python tests/dbservers.py ensure                      # install missing server binaries
-    python tests/dbservers.py [--postgres] [--mysql] -- COMMAND [ARGS...]
+    python tests/dbservers.py [--postgres] [--mysql] [--pgbouncer] -- COMMAND [ARGS...]
 
 The second form starts the servers (both when neither flag is given), exports
 ``DBPOOL_TEST_POSTGRES_URL`` / ``DBPOOL_TEST_MYSQL_URL`` (and ``DBPOOL_TEST_POSTGRES_LOG``,
@@ -24,6 +24,11 @@ PostgreSQL listens on 127.0.0.1 only, with SCRAM password authentication and TLS
 ``sslrootcert`` with ``sslmode=verify-full``). MariaDB listens on 127.0.0.1 only, with a
 password user. PostgreSQL refuses to run as root, so when started as root both servers run
 as an unprivileged system user, created on first use.
+
+``--pgbouncer`` (PostgreSQL implied) also starts Debian's PgBouncer in transaction pooling
+mode in front of that PostgreSQL and exports its URL as ``DBPOOL_TEST_PGBOUNCER_URL``: same
+user and password (SCRAM), TLS verified on both sides, listening on 127.0.0.1 only. From
+Python: ``with pgbouncer(postgres_url) as bouncer: ... bouncer.url``.
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 POSTGRES_URL_VAR = "DBPOOL_TEST_POSTGRES_URL"
 MYSQL_URL_VAR = "DBPOOL_TEST_MYSQL_URL"
 # The server log of a PostgreSQL the launcher started (tests look for unclean disconnects).
 POSTGRES_LOG_VAR = "DBPOOL_TEST_POSTGRES_LOG"
+# PgBouncer in transaction pooling mode in front of that PostgreSQL (--pgbouncer).
+PGBOUNCER_URL_VAR = "DBPOOL_TEST_PGBOUNCER_URL"
 SERVER_USER = "dbpool"
 DATABASE_NAME = "dbpool"
 START_TIMEOUT = 90.0
@@ -63,6 +70,10 @@ DEBIAN_PACKAGES = {
     "openssl": ["openssl"],
     # The admin dashboard's browser test drives Debian's Chromium with Playwright.
     "chromium": ["chromium"],
+    # Transaction pooling in front of PostgreSQL (tests/test_pgbouncer.py).
+    "pgbouncer": ["pgbouncer"],
+    # The HTTP load generator of the benchmarks (benchmarks/web.py).
+    "wrk": ["wrk"],
 }
 
 
@@ -94,6 +105,11 @@ def mariadb_binaries() -> tuple[str, str] | None:
     return None
 
 
+def pgbouncer_binary() -> str | None:
+    """The PgBouncer executable (Debian installs it in /usr/sbin), or None."""
+    return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+
+
 def missing_packages() -> list[str]:
     missing: list[str] = []
     if postgres_bindir() is None:
@@ -115,6 +131,10 @@ def missing_packages() -> list[str]:
         missing += DEBIAN_PACKAGES["openssl"]
     if shutil.which("chromium") is None:
         missing += DEBIAN_PACKAGES["chromium"]
+    if pgbouncer_binary() is None:
+        missing += DEBIAN_PACKAGES["pgbouncer"]
+    if shutil.which("wrk") is None:
+        missing += DEBIAN_PACKAGES["wrk"]
     return missing
 
 
@@ -122,7 +142,7 @@ def ensure_packages() -> int:
     """Install missing Debian packages when root; otherwise print the command to run."""
     missing = missing_packages()
     if not missing:
-        print("dbservers: PostgreSQL, MariaDB and build dependencies are present.")
+        print("dbservers: PostgreSQL, MariaDB, PgBouncer and build dependencies are present.")
         return 0
     command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
     if os.geteuid() != 0:
@@ -262,6 +282,39 @@ class _Server:
             f"{log_tail(self.log)}"
         )
 
+    def _make_certificate(self) -> None:
+        # A self-signed certificate for 127.0.0.1/localhost: server.crt is also the
+        # root certificate clients verify it with.
+        key, cert = self.dir / "server.key", self.dir / "server.crt"
+        result = subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "7",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise LauncherError(f"openssl failed:\n{result.stderr.decode(errors='replace')}")
+        key.chmod(0o600)
+        cert.chmod(0o644)
+        self._own(key)
+        self._own(cert)
+
     def stop(self) -> None:
         """Stop the server cleanly (forcefully after STOP_TIMEOUT). Idempotent."""
         process, self.process = self.process, None
@@ -356,37 +409,6 @@ class PostgresServer(_Server):
         )
         return result.returncode == 0
 
-    def _make_certificate(self) -> None:
-        key, cert = self.dir / "server.key", self.dir / "server.crt"
-        result = subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "7",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                str(key),
-                "-out",
-                str(cert),
-                "-addext",
-                "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            ],
-            capture_output=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise LauncherError(f"openssl failed:\n{result.stderr.decode(errors='replace')}")
-        key.chmod(0o600)
-        cert.chmod(0o644)
-        self._own(key)
-        self._own(cert)
-
     @property
     def url(self) -> str:
         ca = quote(str(self.dir / "server.crt"))
@@ -465,14 +487,133 @@ class MariaDBServer(_Server):
         return f"mysql://{self.user}:{self.password}@127.0.0.1:{self.port}/{DATABASE_NAME}"
 
 
+class PgBouncerServer(_Server):
+    """PgBouncer in transaction pooling mode in front of the PostgreSQL at ``postgres_url``.
+
+    Clients log in with that URL's user and password (SCRAM, checked by PgBouncer against
+    its own user list) and reach any database of that server by name. TLS on both sides:
+    clients verify PgBouncer's own self-signed certificate, and PgBouncer connects to
+    PostgreSQL with the URL's ``sslmode`` and ``sslrootcert``.
+    """
+
+    name = "pgbouncer"
+
+    def __init__(
+        self,
+        base: Path,
+        account: pwd.struct_passwd | None,
+        postgres_url: str,
+        pool_size: int = 20,
+    ) -> None:
+        super().__init__(base, account)
+        self.target = urlsplit(postgres_url)
+        self.target_options = {k: v[0] for k, v in parse_qs(self.target.query).items()}
+        self.pool_size = pool_size
+        self.user = unquote(self.target.username or "")
+        self.password = unquote(self.target.password or "")
+        self.database = self.target.path.lstrip("/") or DATABASE_NAME
+
+    def start(self) -> None:
+        binary = pgbouncer_binary()
+        if binary is None:
+            raise LauncherError("PgBouncer not found; run: python tests/dbservers.py ensure")
+        self._make_certificate()
+        # PgBouncer authenticates clients itself, then logs in to PostgreSQL with the
+        # same password: it needs it in clear (or as a SCRAM secret) in its user list.
+        self._private_file(
+            "userlist.txt", f'"{_ini_quote(self.user)}" "{_ini_quote(self.password)}"\n'
+        )
+        server_tls = [f"server_tls_sslmode = {self.target_options.get('sslmode', 'prefer')}"]
+        if "sslrootcert" in self.target_options:
+            # A copy PgBouncer's unprivileged user can read.
+            ca = Path(self.target_options["sslrootcert"]).read_text()
+            server_tls.append(f"server_tls_ca_file = {self._private_file('server-ca.crt', ca)}")
+        host = self.target.hostname or "127.0.0.1"
+        port = self.target.port or 5432
+        ini = self._private_file(
+            "pgbouncer.ini",
+            "[databases]\n"
+            # Any database name goes through to the same server (Django's test databases).
+            f"* = host={host} port={port}\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {self.pool_size}\n"
+            "max_client_conn = 1000\n"
+            "auth_type = scram-sha-256\n"
+            f"auth_file = {self.dir / 'userlist.txt'}\n"
+            # The console (database "pgbouncer") for tests: SHOW POOLS, SHOW SERVERS.
+            f"admin_users = {self.user}\n"
+            "client_tls_sslmode = require\n"
+            f"client_tls_key_file = {self.dir / 'server.key'}\n"
+            f"client_tls_cert_file = {self.dir / 'server.crt'}\n"
+            + "".join(line + "\n" for line in server_tls),
+        )
+        self._spawn([binary, str(ini)])
+        self._wait_ready(self._ready)
+
+    def _private_file(self, name: str, text: str) -> Path:
+        path = self.dir / name
+        path.write_text(text)
+        path.chmod(0o600)
+        self._own(path)
+        return path
+
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        user, password = quote(self.user, safe=""), quote(self.password, safe="")
+        ca = quote(str(self.dir / "server.crt"))
+        return (
+            f"postgres://{user}:{password}@127.0.0.1:{self.port}/{self.database}"
+            f"?sslmode=verify-full&sslrootcert={ca}"
+        )
+
+
+def _ini_quote(value: str) -> str:
+    # PgBouncer's user list: double quotes, a literal one doubled.
+    return value.replace('"', '""')
+
+
 @contextlib.contextmanager
-def database_servers(postgres: bool = True, mysql: bool = True) -> Iterator[dict[str, str]]:
+def pgbouncer(postgres_url: str, pool_size: int = 20) -> Iterator[PgBouncerServer]:
+    """PgBouncer (transaction pooling, at most ``pool_size`` server connections per
+    database and user) in front of the PostgreSQL at ``postgres_url``, running as the
+    unprivileged server user; its URL is ``.url``. Stopped and removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="dbpool-pgbouncer-"))
+    base.chmod(0o755)
+    server = PgBouncerServer(base, server_account(), postgres_url, pool_size)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def database_servers(
+    postgres: bool = True, mysql: bool = True, pgbouncer: bool = False
+) -> Iterator[dict[str, str]]:
     """Start the requested servers; yield their URLs by variable name; always clean up.
 
     A server whose variable is already set in the environment is not started: the given
-    URL is yielded instead.
+    URL is yielded instead. ``pgbouncer`` (which implies ``postgres``) adds PgBouncer in
+    transaction pooling mode in front of that PostgreSQL.
     """
     urls: dict[str, str] = {}
+    postgres = postgres or pgbouncer
+    if pgbouncer and os.environ.get(PGBOUNCER_URL_VAR):
+        urls[PGBOUNCER_URL_VAR] = os.environ[PGBOUNCER_URL_VAR]
+        pgbouncer = False
     wanted: list[tuple[str, type[_Server]]] = []
     choices: tuple[tuple[bool, str, type[_Server]], ...] = (
         (postgres, POSTGRES_URL_VAR, PostgresServer),
@@ -485,7 +626,7 @@ def database_servers(postgres: bool = True, mysql: bool = True) -> Iterator[dict
             urls[var] = os.environ[var]
         else:
             wanted.append((var, cls))
-    if not wanted:
+    if not wanted and not pgbouncer:
         yield urls
         return
     account = server_account()
@@ -500,6 +641,11 @@ def database_servers(postgres: bool = True, mysql: bool = True) -> Iterator[dict
             urls[var] = server.url
             if isinstance(server, PostgresServer):
                 urls[POSTGRES_LOG_VAR] = str(server.log)
+        if pgbouncer:
+            bouncer = PgBouncerServer(base, account, urls[POSTGRES_URL_VAR])
+            servers.append(bouncer)
+            bouncer.start()
+            urls[PGBOUNCER_URL_VAR] = bouncer.url
         yield urls
     finally:
         for server in reversed(servers):
@@ -559,11 +705,11 @@ def wait_child(child: subprocess.Popen[bytes], interrupt: signal.Signals = signa
     return 128 - status if status < 0 else status
 
 
-def run(command: list[str], postgres: bool, mysql: bool) -> int:
+def run(command: list[str], postgres: bool, mysql: bool, pgbouncer: bool = False) -> int:
     """Run COMMAND with the servers up; return its exit status."""
     interrupt_on_sigterm()
     try:
-        with database_servers(postgres=postgres, mysql=mysql) as urls:
+        with database_servers(postgres=postgres, mysql=mysql, pgbouncer=pgbouncer) as urls:
             for var, url in urls.items():
                 print(f"dbservers: {var}={redact(url)}", flush=True)
             return wait_child(subprocess.Popen(command, env={**os.environ, **urls}))
@@ -582,12 +728,17 @@ def main(argv: list[str]) -> int:
         return 2
     split = argv.index("--")
     flags, command = argv[:split], argv[split + 1 :]
-    unknown = set(flags) - {"--postgres", "--mysql"}
+    unknown = set(flags) - {"--postgres", "--mysql", "--pgbouncer"}
     if unknown or not command:
         print(__doc__, file=sys.stderr)
         return 2
     both = not flags
-    return run(command, postgres=both or "--postgres" in flags, mysql=both or "--mysql" in flags)
+    return run(
+        command,
+        postgres=both or "--postgres" in flags,
+        mysql=both or "--mysql" in flags,
+        pgbouncer="--pgbouncer" in flags,
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import select
 import threading
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -27,7 +28,8 @@ from django.utils.functional import cached_property
 
 from .. import metrics, snapshots, tagging
 from ..options import alias_options, driver_options
-from ..pool import ConnectionAdapter, Pool
+from ..pool import ConnectionAdapter, Pool, _fork
+from ..pool.errors import ConnectFailed
 from .cursors import tagging_cursor_class
 
 if TYPE_CHECKING:
@@ -36,6 +38,22 @@ else:
     _Base = object
 
 __all__ = ["PooledWrapperMixin", "pools", "take_all_pools"]
+
+# What to check after a failed connect, by cause; CONNECT_HINT when the vendor does not
+# recognise the cause.
+CONNECT_HINT = (
+    "Check HOST, PORT, NAME, USER and PASSWORD, and that the server accepts connections "
+    "from this host."
+)
+AUTH_HINT = (
+    "Check PASSWORD and USER (in a database URL, percent-encode special characters of the "
+    "password: urllib.parse.quote(password, safe=''))."
+)
+UNREACHABLE_HINT = (
+    "Check HOST and PORT, and that the server is running and accepts connections from this host."
+)
+NAME_HINT = "Check NAME: the database must exist on the server."
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
 class _Entry(NamedTuple):
@@ -46,6 +64,9 @@ class _Entry(NamedTuple):
     pool_settings: Any
     database: tuple[Any, ...]  # (HOST, PORT, NAME): which database they are connected to
     pool: Pool[Any]
+    # What get_connection_params() returns for these settings: Django's connect() asks for
+    # it at every checkout, and building it costs more than the checkout itself.
+    params: dict[str, Any]
 
 
 # One pool per alias per process, shared by the wrappers of every thread; replaced when the
@@ -60,7 +81,36 @@ def _reset_lock_in_child() -> None:
     _pools_lock = threading.Lock()
 
 
+def _forget_inherited_connections() -> None:
+    # Runs after the pools' own fork handling (registered first, when ..pool was imported),
+    # in the child's only thread: the one that forked. Its Django connections may hold
+    # connections checked out from the parent's pools; used, they would talk on the
+    # parent's sessions. Drop them as close() would (the pool ignores inherited ones), so
+    # that the next query checks out a connection of the child's own.
+    try:
+        from django.db import connections
+
+        wrappers = connections.all(initialized_only=True)
+    except Exception:  # Django not configured: no wrapper exists
+        return
+    for wrapper in wrappers:
+        if not isinstance(wrapper, PooledWrapperMixin) or wrapper._dbpool_lease is None:
+            continue
+        if not _fork.is_inherited(wrapper.connection):
+            continue
+        wrapper._dbpool_lease = None
+        wrapper.run_on_commit = []
+        if wrapper.in_atomic_block:
+            # Django's state for a connection lost inside atomic(): queries fail until the
+            # outermost block exits. The connection can no longer reach the parent.
+            wrapper.closed_in_transaction = True
+            wrapper.needs_rollback = True
+        else:
+            wrapper.connection = None
+
+
 os.register_at_fork(after_in_child=_reset_lock_in_child)
+os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 class _PoolErrorWrapper(DatabaseErrorWrapper):
@@ -95,6 +145,7 @@ class PooledWrapperMixin(_Base):
         super().__init__(settings_dict, alias)
         self._dbpool_lease: Pool[Any] | None = None
         self._dbpool_configured = False
+        self._dbpool_params_entry: _Entry | None = None
         self._dbpool_configure_lock = threading.Lock()
         self._dbpool_lock_pid = os.getpid()
         self._dbpool_app_tag: tuple[int, str] = (0, "")
@@ -148,9 +199,16 @@ class PooledWrapperMixin(_Base):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if not self._dbpool_enabled():
             return super().get_new_connection(conn_params)
-        pool = self._dbpool_pool()
+        entry, self._dbpool_params_entry = self._dbpool_params_entry, None
+        # connect() asked get_connection_params() for these settings just now: if that
+        # matched the current pool, it is still the one (compared by identity).
+        pool = entry.pool if entry is not None and _pools.get(self.alias) is entry else None
+        if pool is None:
+            pool = self._dbpool_pool()
         snapshots.ensure_publisher()
         connection = pool.acquire()
+        if connection.dbpool_poll(0):
+            connection = self._dbpool_replace_closed(pool, connection)
         self._dbpool_lease = pool
         self._dbpool_configured = True
         self.dbpool_broken = False
@@ -237,7 +295,15 @@ class PooledWrapperMixin(_Base):
         """Whether a failed connect may succeed if retried (the server is unreachable,
         restarting or refusing sessions), as opposed to a wrong configuration, which is
         raised to the caller at once."""
+        if isinstance(error, ConnectFailed):
+            error = error.__cause__ or error
         return isinstance(error, self.Database.OperationalError)
+
+    def explain_connect_error(self, error: BaseException) -> tuple[str, str]:
+        """``(cause, fix)`` for a driver error raised while connecting: the cause on one
+        line, without the parts the message around it already says; the fix names the
+        settings to check. Neither may contain the password."""
+        return " ".join(str(error).split()), CONNECT_HINT
 
     def check_connection_settings(self) -> None:
         """Raise ``ImproperlyConfigured`` for settings the stock backend would reject only
@@ -293,6 +359,7 @@ class PooledWrapperMixin(_Base):
             copy.deepcopy(self.settings_dict.get("POOL")),
             self._dbpool_database(),
             new_pool,
+            self._dbpool_connection_params(),
         )
         with _pools_lock:
             current = _pools.get(self.alias)
@@ -322,14 +389,45 @@ class PooledWrapperMixin(_Base):
             connection = super().get_new_connection(self.get_connection_params())
         except Exception as exc:
             metrics.record_connect(self.alias, self.vendor, exc)
+            if isinstance(exc, self.Database.OperationalError):
+                raise self._dbpool_connect_failed(exc) from exc
             raise
         metrics.record_connect(self.alias, self.vendor, None)
         try:
             self.dbpool_configure(connection)
+            _watch_for_server_close(connection)
         except BaseException:
             connection.close()
             raise
         return connection
+
+    def _dbpool_replace_closed(self, pool: Pool[Any], connection: Any) -> Any:
+        # Off the hot path: the server ended this connection's session while it sat idle
+        # (killed, restarted). Closed as broken, which also has the pool probe every idle
+        # connection as old before handing it out; bounded: each turn closes one of at
+        # most MAX_SIZE connections.
+        for _ in range(pool.options.max_size):
+            pool.release(connection, broken=True)
+            connection = pool.acquire(stacklevel=3)
+            if not connection.dbpool_poll(0):
+                break
+        return connection
+
+    def _dbpool_connect_failed(self, error: BaseException) -> ConnectFailed:
+        # Off the hot path: runs only when a connect failed.
+        s = self.settings_dict
+        host = str(s["HOST"] or "")
+        if not host:
+            where = "the default local socket (HOST is empty)"
+        elif host.startswith("/"):
+            where = f"the local socket at {host}"
+        else:
+            where = f"{host}:{s['PORT'] or _DEFAULT_PORTS.get(self.vendor, '')}"
+        cause, fix = self.explain_connect_error(error)
+        return ConnectFailed(
+            f"DATABASES[{self.alias!r}]: cannot connect to {where} as USER {s['USER']!r}: "
+            f"{cause.rstrip('.')}. {fix}"
+        )
 
     def dbpool_configure(self, connection: Any) -> None:
         """Run :meth:`configure_new_connection` on a raw connection. Thread-safe: the pool's
@@ -347,7 +445,27 @@ class PooledWrapperMixin(_Base):
                 self.connection = None
 
     def get_connection_params(self) -> dict[str, Any]:
+        if not self.dbpool_private and self._dbpool_enabled():
+            entry = _pools.get(self.alias)
+            if entry is not None and self._dbpool_matches(entry):
+                self._dbpool_params_entry = entry
+                return dict(entry.params)
+        return self._dbpool_connection_params()
+
+    def _dbpool_connection_params(self) -> dict[str, Any]:
         return driver_options(super().get_connection_params())
+
+
+def _watch_for_server_close(connection: Any) -> None:
+    # Gives the new connection a local check, run at every checkout: dbpool_poll(0) polls
+    # its socket, no round trip (about a microsecond), and returns [] unless there is
+    # something to read. An idle connection has nothing to read unless the server wrote
+    # unasked, which it does when it ends the session (killed, shutting down: an error
+    # message, then end of file). VALIDATE_AFTER's probe catches only connections idle for
+    # a while; under load the next request would get the dead connection and fail.
+    poller = select.poll()
+    poller.register(connection.fileno(), select.POLLIN)
+    connection.dbpool_poll = poller.poll
 
 
 def take_all_pools() -> dict[str, Pool[Any]]:

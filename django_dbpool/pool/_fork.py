@@ -3,12 +3,18 @@
 An inherited connection shares its socket with the parent. Using it from the child corrupts
 both sessions; closing it (or letting the driver's finalizer run when it is garbage
 collected) sends a terminate message that ends the parent's session. So the child keeps every
-inherited connection referenced here, forever, and never touches it again.
+inherited connection referenced here, forever, and never touches it again; and, since the
+references cannot outlive the interpreter (mysqlclient's finalizer sends COM_QUIT when a
+child exits normally, as a recycled gunicorn worker does), the child's copy of the
+connection's socket is pointed at /dev/null: whatever the child might still send on it goes
+nowhere, and the parent's socket stays open (closing one copy of a descriptor never shuts a
+socket down).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import weakref
 from collections.abc import Iterable
 from typing import Protocol
@@ -28,10 +34,36 @@ def register(pool: _ForkAware) -> None:
 
 
 def keep_forever(conns: Iterable[object]) -> None:
-    """Called in the child: hold on to inherited connections so they are never finalized."""
+    """Called in the child: hold on to inherited connections so they are never finalized,
+    and cut them off from the socket they share with the parent."""
     for conn in conns:
         _inherited.append(conn)
         _inherited_ids.add(id(conn))  # ids stay unique: the objects never die
+        _detach(conn)
+
+
+def _detach(conn: object) -> None:
+    # Connections that are file-like (fileno(): psycopg, mysqlclient) get /dev/null in place
+    # of their socket in this process; the driver object is left as it is.
+    fileno = getattr(conn, "fileno", None)
+    if fileno is None:
+        return
+    try:
+        fd = fileno()
+    except Exception:
+        return  # closed or lost already: no socket left to share
+    if not isinstance(fd, int) or fd < 0:
+        return
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return  # not the connection's socket any more (closed as the parent forked)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, fd, inheritable=False)
+        finally:
+            os.close(devnull)
+    except OSError:
+        pass
 
 
 def is_inherited(conn: object) -> bool:

@@ -3,6 +3,7 @@ pooled."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -10,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base as stock
 
 from ... import metrics, tagging
-from ..base import PooledWrapperMixin
+from ..base import AUTH_HINT, CONNECT_HINT, NAME_HINT, UNREACHABLE_HINT, PooledWrapperMixin
 
 try:
     from psycopg import Connection, IsolationLevel
@@ -24,6 +25,40 @@ _IDLE = TransactionStatus.IDLE
 # SQLSTATEs after which the session is gone: connection exceptions (class 08), and
 # admin_shutdown, crash_shutdown, cannot_connect_now.
 _DEAD_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03")
+
+# libpq's wording around the cause of a failed connect, which our message says itself.
+_LIBPQ_PREFIXES = re.compile(
+    r"connection (?:failed|is bad): "
+    r'|connection to server (?:at "[^"]*", port \d+|on socket "[^"]*") failed: '
+    r"|FATAL:\s+"
+)
+_TLS_HINT = (
+    "The server's certificate could not be verified: set OPTIONS['sslrootcert'] "
+    "(sslrootcert= in a database URL) to the CA certificate that signed it (a self-signed "
+    "server's own certificate), and HOST to a name the certificate is issued for."
+)
+# (words of libpq's or the server's message, what to check): the first match wins.
+_CONNECT_HINTS = (
+    (("password authentication failed", "no password supplied"), AUTH_HINT),
+    (
+        ("no pg_hba.conf entry",),
+        "The server's pg_hba.conf admits no such connection: check USER, NAME and sslmode.",
+    ),
+    (("certificate", "ssl"), _TLS_HINT),
+    (('role "',), "Check USER: the role must exist on the server."),
+    (('database "',), NAME_HINT),
+    (
+        (
+            "connection refused",
+            "no such file or directory",
+            "could not translate host name",
+            "timeout expired",
+            "network is unreachable",
+            "no route to host",
+        ),
+        UNREACHABLE_HINT,
+    ),
+)
 
 
 class PsycopgAdapter:
@@ -95,6 +130,24 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
                     f"Invalid transaction isolation level {level} specified. Use one of the "
                     "psycopg.IsolationLevel values."
                 ) from None
+
+    def explain_connect_error(self, error: BaseException) -> tuple[str, str]:
+        # libpq reports one line per address tried, each with an indented tip: the first
+        # address's cause says enough.
+        lines = _LIBPQ_PREFIXES.sub("", str(error)).strip().splitlines() or [""]
+        cause = lines[0].strip()
+        lowered = cause.lower()
+        for words, hint in _CONNECT_HINTS:
+            if any(word in lowered for word in words):
+                return cause, hint
+        return cause, CONNECT_HINT
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # psycopg's setting is local, but taking its lock and running its generator costs a
+        # sixth of a checkout: skip it when the connection already has the wanted value
+        # (every checkout of a clean pooled connection).
+        if self.connection.autocommit != autocommit:
+            cast(Any, super())._set_autocommit(autocommit)
 
     def connection_is_dead_error(self, error: BaseException) -> bool:
         sqlstate = getattr(error, "sqlstate", None) or ""
