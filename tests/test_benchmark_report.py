@@ -1,5 +1,5 @@
-"""The README's benchmark section is what benchmarks/report.py renders from the committed
-results, so its numbers are never typed by hand."""
+"""The README's benchmark section and fault table are what benchmarks/report.py and
+tests/faults/report.py render from the committed results: no number is typed by hand."""
 
 from __future__ import annotations
 
@@ -17,5 +17,17 @@ def test_readme_benchmark_section_matches_the_committed_results() -> None:
         text=True,
         check=False,
         timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_readme_fault_table_matches_the_committed_rows() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.faults.report", "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr

@@ -2,8 +2,9 @@
 
 Each scenario calls :func:`record` once it has asserted its outcomes; the row is written to
 ``benchmarks/results/faults/<vendor>-<scenario>.json`` (a rerun replaces it). ``python -m
-tests.faults.report`` renders every row into ``benchmarks/results/faults.md``, which the README
-includes between its ``faults`` markers (see benchmarks/readme.py).
+tests.faults.report`` renders every row into ``benchmarks/results/faults.md`` and into the
+README between its ``fault-report`` markers; with ``--check`` it only fails if the README
+differs from the committed rows (the suite runs that).
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 ROWS = ROOT / "benchmarks" / "results" / "faults"
 TABLE = ROOT / "benchmarks" / "results" / "faults.md"
+README = ROOT / "README.rst"
+START = ".. fault-report-start"
+END = ".. fault-report-end"
+HEADERS = [
+    "scenario",
+    "database",
+    "requests",
+    "errors",
+    "recovery",
+    "connections before → after",
+    "outcome",
+]
 
 _VENDORS = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
 
@@ -53,30 +66,60 @@ def rows() -> list[Row]:
     )
 
 
-def render() -> str:
-    lines = [
-        "| scenario | database | requests | errors | recovery "
-        "| connections before → after | outcome |",
-        "|---|---|---|---|---|---|---|",
+def _cells(row: Row) -> list[str]:
+    recovery = "n/a" if row.recovery_s is None else f"{row.recovery_s:.2f} s"
+    return [
+        row.scenario,
+        _VENDORS.get(row.vendor, row.vendor),
+        str(row.requests),
+        row.errors,
+        recovery,
+        f"{row.connections_before} → {row.connections_after}",
+        row.outcome,
     ]
-    for row in rows():
-        recovery = "n/a" if row.recovery_s is None else f"{row.recovery_s:.2f} s"
-        lines.append(
-            f"| {row.scenario} | {_VENDORS.get(row.vendor, row.vendor)} | {row.requests} "
-            f"| {row.errors} | {recovery} | {row.connections_before} → {row.connections_after} "
-            f"| {row.outcome} |"
-        )
+
+
+def render() -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows()]
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def render_rst() -> str:
+    lines = [".. list-table:: Fault suite (``make test-faults``)", "   :header-rows: 1", ""]
+    for cells in [HEADERS, *(_cells(row) for row in rows())]:
+        lines.append(f"   * - {cells[0]}")
+        lines += [f"     - {cell}" for cell in cells[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_table(text: str) -> str:
+    head, found, rest = text.partition(START + "\n")
+    if not found or END not in rest:
+        raise SystemExit(f"README.rst has no {START} ... {END} markers")
+    return head + START + "\n\n" + render_rst() + "\n" + rest[rest.index(END) :]
+
+
+def main(argv: list[str]) -> int:
     if not rows():
         print(f"no rows under {ROWS}: run `make test-faults` first", file=sys.stderr)
         return 1
+    readme = README.read_text()
+    updated = readme_with_table(readme)
+    if "--check" in argv:
+        if updated != readme:
+            print(
+                "README.rst's fault table differs from benchmarks/results/faults: "
+                "run `python -m tests.faults.report`",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
     TABLE.write_text(render())
-    print(f"wrote {TABLE.relative_to(ROOT)}")
+    README.write_text(updated)
+    print(f"wrote {TABLE.relative_to(ROOT)} and README.rst's fault table")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv))
