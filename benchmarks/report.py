@@ -270,7 +270,9 @@ def jitter_table(jitter: dict[str, Any]) -> Table:
                 f"{median([r['p50_ms'] for r in cell]):.1f}",
                 f"{median([r['p99_ms'] for r in cell]):.1f}",
                 str(sum(r["errors"] for r in cell)),
-                f"{min(r['reuse'] for r in cell) * 100:.2f} %",
+                # Connects of requests still in flight when wrk stopped are counted too:
+                # connect per request can come out below 0.
+                f"{max(0.0, min(r['reuse'] for r in cell)) * 100:.2f} %",
                 f"{median([r['rss_mib'] for r in cell]):.1f}",
                 f"{median([r['rss_growth_kib_per_1000'] for r in cell]):.1f}",
             ]

@@ -161,7 +161,7 @@ def measure_jitter(
         "errors": wrk_errors(warm) + wrk_errors(main),
         "requests": main["requests"],
         "connects": connects,
-        "reuse": 1 - connects / main["requests"],
+        "reuse": max(0.0, 1 - connects / main["requests"]),
         "rss_mib": rss_after / 2**20,
         "rss_growth_kib_per_1000": (rss_after - rss_before) / 1024 / (main["requests"] / 1000),
         "round_trip_added_ms": added,
