@@ -36,6 +36,14 @@ NAMES = {
     "dbpool": "django_dbpool",
 }
 WORKERS = 2
+#: One colour per contender, the same in every chart.
+COLOURS = {
+    "connect": "tab:gray",
+    "persistent": "tab:orange",
+    "native": "tab:green",
+    "dbcp": "tab:red",
+    "dbpool": "tab:blue",
+}
 
 
 @dataclass
@@ -379,12 +387,14 @@ def chart(web: dict[str, Any], path: Path) -> None:
                 yerr=err,
                 capsize=2,
                 label=NAMES[contender],
+                color=COLOURS[contender],
             )
         ax.set_xticks([x + width * (len(contenders) - 1) / 2 for x in range(len(concurrencies))])
         ax.set_xticklabels([f"{c} clients" for c in concurrencies])
         ax.set_ylabel("requests per second (median, min-max)")
         ax.set_title(f"{VENDORS[vendor]}: one indexed SELECT per request")
-        ax.legend(fontsize="small", loc="lower right")
+        ax.legend(fontsize="x-small", loc="upper left", ncols=2)
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.25)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
