@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
+from django_dbpool.backends.base import take_all_pools
 from django_dbpool.pool import _fork
 from tests import processes
 from tests.dbservers import free_port
@@ -235,18 +236,23 @@ def session_id() -> int:
 @pytest.mark.django_db(transaction=True)
 def test_a_forked_child_queries_on_a_session_of_its_own_and_never_ends_the_parents() -> None:
     unclean = processes.UncleanDisconnects()
+    # Fresh pools: what earlier tests left idle would be inherited too.
+    connections.close_all()
+    for pool in take_all_pools().values():
+        pool.close(timeout=5)
     idle: list[int] = []
 
     def use_and_return() -> None:
         idle.append(session_id())
         connection.close()
 
+    # This thread, which forks, keeps its connection checked out across the fork, as a
+    # process does that queries before it starts multiprocessing workers; another thread
+    # leaves one idle in the pool.
+    parent = session_id()
     thread = threading.Thread(target=use_and_return)
     thread.start()
     thread.join(30)
-    # This thread, which forks, keeps its connection checked out across the fork, as a
-    # process does that queries before it starts multiprocessing workers.
-    parent = session_id()
     assert len(idle) == 1
     assert idle[0] != parent
 
