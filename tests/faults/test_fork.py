@@ -30,7 +30,8 @@ from django_dbpool.backends.base import take_all_pools
 from django_dbpool.pool import _fork
 from tests import processes
 from tests.dbservers import free_port
-from tests.faults.report import Row, record
+from tests.faults.harness import record
+from tests.faults.report import Row
 from tests.pool.test_fork import run_in_child
 from tests.views import SESSION_ID_SQL
 

@@ -23,7 +23,8 @@ from django.db import connections
 from tests import views
 from tests.backends.test_pooling import raw_connection
 from tests.conftest import wsgi_get
-from tests.faults.report import Row, record
+from tests.faults.harness import record
+from tests.faults.report import Row
 
 FULL = os.environ.get("DBPOOL_FAULTS") == "full"
 ALIAS = "small"
