@@ -1,6 +1,6 @@
 """Prometheus metrics through django-prometheus: the pools of every worker, and query metrics.
 
-Installed from ``AppConfig.ready()`` when django-prometheus is importable.
+Installed from ``AppConfig.ready()`` when ``django_prometheus`` is in ``INSTALLED_APPS``.
 
 - **Pool series** (``django_dbpool_*``, labels ``alias`` and ``vendor``) come from the
   snapshots every pooled process publishes (``django_dbpool.snapshots``), never from the
@@ -67,10 +67,13 @@ def query_metrics_enabled() -> bool:
 
 def install() -> None:
     """Register the pool collector (or the multiprocess metrics) once. Idempotent; does
-    nothing without django-prometheus."""
+    nothing unless ``django_prometheus`` is in ``INSTALLED_APPS``: installed but not enabled,
+    it adds no query metrics (and no per-statement cost), as with Django's stock backends."""
     global _installed, _multiprocess
+    from django.apps import apps
+
     with _lock:
-        if _installed:
+        if _installed or not apps.is_installed("django_prometheus"):
             return
         try:
             import django_prometheus.db  # noqa: F401 - its django_db_* metrics

@@ -83,3 +83,45 @@ def test_metrics_view_is_served() -> None:
     status, body = wsgi_get("/metrics")
     assert status == 200
     assert b"django_dbpool_" in body or b"# HELP" in body
+
+
+_WITHOUT_DJANGO_PROMETHEUS = """
+import sys
+import django
+from django.conf import settings
+from django_dbpool import parse_database_url
+
+db = parse_database_url(sys.argv[1])
+settings.configure(INSTALLED_APPS=["django_dbpool"], DATABASES={"default": db})
+django.setup()
+from django.db import connection
+from django_dbpool import metrics
+
+with connection.cursor() as cursor:
+    cursor.execute("SELECT 1")
+    print(metrics.query_metrics_enabled(), type(cursor.cursor).__module__)
+connection.close()
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_query_metrics_unless_django_prometheus_is_an_installed_app() -> None:
+    """Importable is not enough: its cursor wrapper costs every statement, so it is used only
+    when the project enabled django-prometheus, as with Django's own backends."""
+    import subprocess
+    import sys
+
+    from tests import processes
+
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_DJANGO_PROMETHEUS, processes.database_url()],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split()
+    assert out[0] == "False"
+    assert not out[1].startswith("django_prometheus")
+    # In this suite's settings it is an installed app, and the cursors are its own.
+    with connection.cursor() as cursor:
+        assert type(cursor.cursor).__module__.startswith("django_prometheus")
