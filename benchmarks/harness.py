@@ -225,6 +225,14 @@ class Site:
         children = Path(f"/proc/{self.master.pid}/task/{self.master.pid}/children")
         return [int(pid) for pid in children.read_text().split()]
 
+    def workers_cpu(self) -> list[int]:
+        """CPU time each worker has used so far (user + system), in clock ticks."""
+        ticks = []
+        for pid in self.worker_pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks.append(int(fields[11]) + int(fields[12]))
+        return ticks
+
     def workers_rss(self) -> int:
         """Resident memory of the workers, in bytes."""
         total = 0

@@ -34,6 +34,7 @@ NAMES = {
     "native": "Django's native pool",
     "dbcp": "django-db-connection-pool",
     "dbpool": "django_dbpool",
+    "dbpool_threads": "django_dbpool, MAX_SIZE 8 = threads (diagnostic)",
 }
 WORKERS = 2
 #: One colour per contender, the same in every chart.
@@ -43,6 +44,7 @@ COLOURS = {
     "native": "tab:green",
     "dbcp": "tab:red",
     "dbpool": "tab:blue",
+    "dbpool_threads": "tab:cyan",
 }
 
 
@@ -323,6 +325,20 @@ def describe(web: dict[str, Any] | None, cycle: dict[str, Any] | None) -> str:
             f"after {e['warmup']:g} s of warm-up; pool size {e['pool_size']} per worker for "
             "every pool"
         )
+        if "min_worker_share" in e:
+            repeats = sum(
+                row.get("attempts", 1) - 1
+                for data in web["databases"].values()
+                for row in data["rows"]
+            )
+            parts.append(
+                "a measurement in which one gunicorn worker used less than "
+                f"{e['min_worker_share']:.0%} of the workers' CPU time (wrk's connections "
+                "all accepted by the other worker) is made again, up to "
+                f"{e['balance_attempts']} times ({repeats} repeated in this run); statements "
+                "per request are counted over a pass in which every request is answered, "
+                "after an uncounted lead-in of 2 requests per client"
+            )
     return "; ".join(parts) + "."
 
 
