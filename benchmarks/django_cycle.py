@@ -19,12 +19,12 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import environ
+from pool_cycle import run_contended
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -95,34 +95,15 @@ def contended(alias: str) -> tuple[float, list[int]]:
     """Cycles per second of :data:`THREADS` threads, and each thread's count, in steady state."""
     from django.db import connections
 
-    counts = [0] * THREADS
-    stop = threading.Event()
-    barrier = threading.Barrier(THREADS + 1)
+    def checkout() -> Any:
+        conn = connections[alias]  # this thread's wrapper
+        conn.ensure_connection()
+        return conn
 
-    def worker(n: int) -> None:
-        conn = connections[alias]
-        barrier.wait()
-        while not stop.is_set():
-            conn.ensure_connection()
-            conn.close()
-            counts[n] += 1
+    def give_back(conn: Any) -> None:
+        conn.close()
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    gc.collect()
-    barrier.wait()
-    stop.wait(WARMUP)
-    before = counts[:]
-    start = time.perf_counter()
-    stop.wait(SECONDS)
-    after = counts[:]
-    elapsed = time.perf_counter() - start
-    stop.set()
-    for thread in threads:
-        thread.join(60)
-    done = [b - a for a, b in zip(before, after, strict=True)]
-    return sum(done) / elapsed, done
+    return run_contended((checkout, give_back), THREADS, SECONDS, WARMUP)
 
 
 def main() -> int:

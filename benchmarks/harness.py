@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -72,6 +72,25 @@ def raw_connect(url: str, database: str | None = None) -> Any:
     )
     conn.autocommit(True)
     return conn
+
+
+def contender_database(url: str, contender: str) -> str:
+    """A database of ``contender``'s own on ``url``'s server, (re)created with
+    ``bench_item``; its URL. With every contender on a database of its own, the server's
+    per-database counts (sessions, statements, connects) tell the contenders apart while
+    all of their sites are up at once."""
+    parts = urlsplit(url)
+    name = f"{parts.path.lstrip('/')}_{contender}"
+    conn = raw_connect(url, database="postgres" if vendor_of(url) == "postgresql" else None)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+        cursor.execute(f"CREATE DATABASE {name}")
+    finally:
+        conn.close()
+    own = urlunsplit(parts._replace(path=f"/{name}"))
+    create_table(own)
+    return own
 
 
 def create_table(url: str) -> None:

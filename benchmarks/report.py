@@ -321,7 +321,9 @@ def describe(web: dict[str, Any] | None, cycle: dict[str, Any] | None) -> str:
         parts.append(
             f"Python {e['python']}, Django {e['django']}, gunicorn {e['gunicorn']} "
             f"({e['workers']} workers x {e['threads']} gthread threads), wrk on loopback; "
-            f"{e['rounds']} rounds alternating contenders, {e['seconds']:g} s per measurement "
+            "every contender's site up at once, each on a database of its own; at each "
+            f"concurrency, {e['rounds']} rounds in which the contenders take turns (order "
+            f"reversed every other round), {e['seconds']:g} s per measurement "
             f"after {e['warmup']:g} s of warm-up; pool size {e['pool_size']} per worker for "
             "every pool"
         )

@@ -4,17 +4,19 @@ Run by ``make bench`` (which starts the database servers); by hand:
 
     python tests/dbservers.py -- python benchmarks/web.py [load|jitter]
 
-``load``: every contender that exists for a database, at each concurrency, alternating
-contenders round after round; writes ``results/web.json``. ``jitter``: connect per request,
+``load``: every contender that exists for a database, its site up for the whole run on a
+database of its own; at each concurrency the contenders take turns, round after round in
+alternating order; writes ``results/web.json``. ``jitter``: connect per request,
 Django's native pool and django_dbpool behind a proxy that adds latency with jitter each way
 (PostgreSQL); writes ``results/jitter.json``. Without an argument, both.
 
-Environment: ``BENCH_ROUNDS`` (3), ``BENCH_SECONDS`` (5, per measurement), ``BENCH_WARMUP`` (2),
+Environment: ``BENCH_ROUNDS`` (5), ``BENCH_SECONDS`` (5, per measurement), ``BENCH_WARMUP`` (2),
 ``BENCH_CONTENDERS`` (all; a comma-separated subset for a quick look, not for the report).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -55,7 +57,7 @@ POOL_SIZE = 4
 MIN_WORKER_SHARE = 0.25
 BALANCE_ATTEMPTS = 4
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 WARMUP = float(os.environ.get("BENCH_WARMUP", "2"))
 #: For a quick look by hand: only these contenders (comma-separated names).
@@ -84,90 +86,100 @@ def exact_pass_size(concurrency: int) -> int:
 
 
 def measure_load(
-    url: str, counters: harness.ServerCounters, contender: str, rnd: int
-) -> list[dict[str, Any]]:
-    """One gunicorn for ``contender``; one row per concurrency, in increasing order."""
-    rows = []
-    site_contender, pool_size = DIAGNOSTIC.get(contender, (contender, POOL_SIZE))
-    with harness.serve(url, site_contender, pool_size) as site:
-        for concurrency in CONCURRENCY:
-            # The server-side counters run no query of their own while settling.
-            counters.start_sampling()
-            warm = harness.wrk(site.base, "/item", concurrency, WARMUP)
-            peak = counters.stop_sampling()
-            errors = wrk_errors(warm)
-            attempts = 0
-            while True:
-                attempts += 1
-                counters.settle()
-                connects_before = counters.connects()
-                cpu_before = site.workers_cpu()
-                counters.start_sampling()
-                main = harness.wrk(site.base, "/item", concurrency, SECONDS)
-                peak = max(peak, counters.stop_sampling())
-                cpu_after = site.workers_cpu()
-                cpu = [a - b for a, b in zip(cpu_after, cpu_before, strict=True)]
-                share = min(cpu) / max(1, sum(cpu))
-                errors += wrk_errors(main)
-                if share >= MIN_WORKER_SHARE or attempts == BALANCE_ATTEMPTS:
-                    break
-                print(f"  {contender:>10} c={concurrency:<3} one worker idle: again", flush=True)
-            counters.settle()
-            connects = counters.connects() - connects_before
-            # Statements per request over a pass whose every request is answered. It starts
-            # after the pause the settling took: an uncounted lead-in first brings the pool's
-            # connections back into use, so a connection left idle longer than VALIDATE_AFTER
-            # by the measurement's own pause is not counted as a request's statement.
-            exact = exact_pass_size(concurrency)
-            errors += harness.exact_requests(site.base, "/item", concurrency, concurrency * 2)
-            counters.reset_statements()
-            errors += harness.exact_requests(site.base, "/item", concurrency, exact)
-            statements = counters.statements()
-            rows.append(
-                {
-                    "contender": contender,
-                    "round": rnd,
-                    "concurrency": concurrency,
-                    "rps": main["requests"] / (main["duration_us"] / 1e6),
-                    "p50_ms": main["p50_us"] / 1000,
-                    "p99_ms": main["p99_us"] / 1000,
-                    "errors": errors,
-                    "peak_connections": peak,
-                    "statements_per_request": statements / exact,
-                    "requests": main["requests"],
-                    "connects": connects,
-                    # Requests still in flight when wrk stops are not in its count, but may
-                    # have connected: connect per request can come out below 0.
-                    "reuse": max(0.0, 1 - connects / main["requests"]),
-                    "attempts": attempts,
-                    "worker_share": share,
-                }
-            )
-            print(
-                f"  {contender:>10} c={concurrency:<3} {rows[-1]['rps']:8.0f} rps"
-                f"  p99 {rows[-1]['p99_ms']:7.1f} ms  errors {rows[-1]['errors']}"
-                f"  peak {peak}  stmts/req {rows[-1]['statements_per_request']:.3f}"
-                f"  reuse {rows[-1]['reuse']:.5f}  worker share {share:.2f}",
-                flush=True,
-            )
-    return rows
+    site: harness.Site,
+    counters: harness.ServerCounters,
+    contender: str,
+    rnd: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    """One row: ``contender``'s site at ``concurrency`` clients."""
+    # The server-side counters run no query of their own while settling.
+    counters.start_sampling()
+    warm = harness.wrk(site.base, "/item", concurrency, WARMUP)
+    peak = counters.stop_sampling()
+    errors = wrk_errors(warm)
+    attempts = 0
+    while True:
+        attempts += 1
+        counters.settle()
+        connects_before = counters.connects()
+        cpu_before = site.workers_cpu()
+        counters.start_sampling()
+        main = harness.wrk(site.base, "/item", concurrency, SECONDS)
+        peak = max(peak, counters.stop_sampling())
+        cpu_after = site.workers_cpu()
+        cpu = [a - b for a, b in zip(cpu_after, cpu_before, strict=True)]
+        share = min(cpu) / max(1, sum(cpu))
+        errors += wrk_errors(main)
+        if share >= MIN_WORKER_SHARE or attempts == BALANCE_ATTEMPTS:
+            break
+        print(f"  {contender:>14} c={concurrency:<3} one worker idle: again", flush=True)
+    counters.settle()
+    connects = counters.connects() - connects_before
+    # Statements per request over a pass whose every request is answered. It follows the
+    # pause the settling took: an uncounted pass of the same size first brings the pool's
+    # connections back into use, so that a connection left idle longer than VALIDATE_AFTER
+    # by the measurement's own pause is not counted as a request's statement.
+    exact = exact_pass_size(concurrency)
+    errors += harness.exact_requests(site.base, "/item", concurrency, exact)
+    counters.reset_statements()
+    errors += harness.exact_requests(site.base, "/item", concurrency, exact)
+    statements = counters.statements()
+    row = {
+        "contender": contender,
+        "round": rnd,
+        "concurrency": concurrency,
+        "rps": main["requests"] / (main["duration_us"] / 1e6),
+        "p50_ms": main["p50_us"] / 1000,
+        "p99_ms": main["p99_us"] / 1000,
+        "errors": errors,
+        "peak_connections": peak,
+        "statements_per_request": statements / exact,
+        "requests": main["requests"],
+        "connects": connects,
+        # Requests still in flight when wrk stops are not in its count, but may have
+        # connected: connect per request can come out below 0.
+        "reuse": max(0.0, 1 - connects / main["requests"]),
+        "attempts": attempts,
+        "worker_share": share,
+    }
+    print(
+        f"  {contender:>14} c={concurrency:<3} {row['rps']:8.0f} rps"
+        f"  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}"
+        f"  peak {peak}  stmts/req {row['statements_per_request']:.3f}"
+        f"  reuse {row['reuse']:.5f}  worker share {share:.2f}",
+        flush=True,
+    )
+    return row
 
 
 def run_load(urls: dict[str, str]) -> dict[str, Any]:
+    """Every contender's site up at once, each on a database of its own; at each
+    concurrency, the contenders take turns, round after round, in alternating order (A B C,
+    C B A, ...), so that the runs compared are made close together in time."""
     results: dict[str, Any] = {"databases": {}}
     for vendor, url in urls.items():
-        harness.create_table(url)
-        counters = harness.ServerCounters(url)
+        contenders = [c for c in CONTENDERS[vendor] if not ONLY or c in ONLY]
         rows: list[dict[str, Any]] = []
-        try:
-            for rnd in range(1, ROUNDS + 1):
-                print(f"{vendor}: round {rnd} of {ROUNDS}", flush=True)
-                for contender in CONTENDERS[vendor]:
-                    if ONLY and contender not in ONLY:
-                        continue
-                    rows.extend(measure_load(url, counters, contender, rnd))
-        finally:
-            counters.close()
+        with contextlib.ExitStack() as stack:
+            sites, counters = {}, {}
+            for contender in contenders:
+                own = harness.contender_database(url, contender)
+                counters[contender] = harness.ServerCounters(own)
+                stack.callback(counters[contender].close)
+                site_contender, pool_size = DIAGNOSTIC.get(contender, (contender, POOL_SIZE))
+                sites[contender] = stack.enter_context(
+                    harness.serve(own, site_contender, pool_size)
+                )
+            for concurrency in CONCURRENCY:
+                for rnd in range(1, ROUNDS + 1):
+                    print(f"{vendor}: {concurrency} clients, round {rnd} of {ROUNDS}", flush=True)
+                    order = contenders if rnd % 2 else contenders[::-1]
+                    for contender in order:
+                        row = measure_load(
+                            sites[contender], counters[contender], contender, rnd, concurrency
+                        )
+                        rows.append(row)
         results["databases"][vendor] = {"server": server_version(url), "rows": rows}
     return results
 
