@@ -159,12 +159,16 @@ def gunicorn(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[b
         wait_until_serving(server, base)
         yield server, base
     finally:
-        # A graceful stop: SIGKILL to the master would orphan its workers, which keep their
-        # database sessions until they notice.
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        stop_gracefully(server)
+
+
+def stop_gracefully(server: subprocess.Popen[Any]) -> None:
+    """SIGTERM, and SIGKILL only after 60 s: SIGKILL to a gunicorn master would orphan its
+    workers, which keep their database sessions until they notice."""
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

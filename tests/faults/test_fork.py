@@ -148,13 +148,7 @@ def preloaded_gunicorn(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes]
         processes.wait_until_serving(server, f"http://127.0.0.1:{port}")
         yield server, port, log
     finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        processes.stop_gracefully(server)
 
 
 def test_gunicorn_preload_workers_never_share_the_masters_connections(tmp_path: Path) -> None:
