@@ -73,7 +73,8 @@ demo: system-deps $(STAMP)
 bench: system-deps $(STAMP)
 	$(PY) -m pip install -q -r benchmarks/requirements.txt
 	$(PY) tests/dbservers.py --postgres --mysql -- sh -c '\
-		$(PY) benchmarks/django_cycle.py && $(PY) benchmarks/web.py load jitter'
+		$(PY) benchmarks/django_cycle.py && $(PY) benchmarks/request_cpu.py && \
+		$(PY) benchmarks/web.py load jitter'
 	$(PY) benchmarks/report.py
 
 ## bench-pool: the pool's own overhead against psycopg_pool and SQLAlchemy (no server needed).

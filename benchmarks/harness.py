@@ -262,12 +262,11 @@ class Site:
         return total
 
 
-@contextmanager
-def serve(database_url: str, contender: str, pool_size: int = 4) -> Iterator[Site]:
-    """``benchsite`` under gunicorn for ``contender``, on a free port, stopped on exit."""
-    stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
-    port = free_port()
-    env = {
+def site_environment(
+    database_url: str, contender: str, pool_size: int, stats_dir: str
+) -> dict[str, str]:
+    """The environment of a process that runs ``benchsite`` for ``contender``."""
+    return {
         **os.environ,
         "BENCH_DATABASE_URL": database_url,
         "BENCH_CONTENDER": contender,
@@ -276,6 +275,14 @@ def serve(database_url: str, contender: str, pool_size: int = 4) -> Iterator[Sit
         "DJANGO_SETTINGS_MODULE": "benchsite.settings",
         "PYTHONPATH": f"{HERE}{os.pathsep}{ROOT}",
     }
+
+
+@contextmanager
+def serve(database_url: str, contender: str, pool_size: int = 4) -> Iterator[Site]:
+    """``benchsite`` under gunicorn for ``contender``, on a free port, stopped on exit."""
+    stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
+    port = free_port()
+    env = site_environment(database_url, contender, pool_size, stats_dir)
     master = subprocess.Popen(
         [
             sys.executable,

@@ -1,7 +1,8 @@
 """The benchmark report: ``results/report.md``, ``results/web.png`` and the README's section.
 
-Reads what ``django_cycle.py`` and ``web.py`` wrote (``results/*.json``), takes medians over
-rounds (spread: the lowest and highest round), checks the targets, and writes
+Reads what ``django_cycle.py``, ``request_cpu.py`` and ``web.py`` wrote
+(``results/*.json``), takes medians over rounds (spread: the lowest and highest round),
+checks the targets, and writes
 
 - ``results/report.md``: every table, and each target with PASS or MISS;
 - ``results/web.png``: requests per second by contender and concurrency;
@@ -14,6 +15,7 @@ and fails if they differ (the test suite runs it): the README's numbers are neve
 from __future__ import annotations
 
 import json
+import operator
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -100,16 +102,27 @@ def balanced(web: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, 
     return [row for row in rows if row.get("worker_share", 1.0) >= floor]
 
 
-def paired_ratios(rows: list[dict[str, Any]], a: str, b: str, concurrency: int) -> list[float]:
-    """``a``'s rps over ``b``'s, round by round (the runs of one round ran side by side),
-    for the rounds in which both are in ``rows``."""
-    ratios = []
+def paired(
+    rows: list[dict[str, Any]],
+    a: str,
+    b: str,
+    key: str,
+    combine: Callable[[float, float], float],
+) -> list[float]:
+    """``combine(a's key, b's key)``, round by round (the runs of one round ran side by
+    side), for the rounds in which both are in ``rows``."""
+    values = []
     for rnd in sorted({row["round"] for row in rows}):
-        ra = by(rows, contender=a, concurrency=concurrency, round=rnd)
-        rb = by(rows, contender=b, concurrency=concurrency, round=rnd)
+        ra = by(rows, contender=a, round=rnd)
+        rb = by(rows, contender=b, round=rnd)
         if ra and rb:
-            ratios.append(ra[0]["rps"] / rb[0]["rps"])
-    return ratios
+            values.append(combine(ra[0][key], rb[0][key]))
+    return values
+
+
+def paired_ratios(rows: list[dict[str, Any]], a: str, b: str, concurrency: int) -> list[float]:
+    """``a``'s rps over ``b``'s, round by round, at ``concurrency`` clients."""
+    return paired(by(rows, concurrency=concurrency), a, b, "rps", operator.truediv)
 
 
 def spread_or_none(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
@@ -324,6 +337,41 @@ def jitter_table(jitter: dict[str, Any]) -> Table:
     )
 
 
+def request_cpu_table(data: dict[str, Any]) -> Table:
+    env = data["environment"]
+    table_rows = []
+    for vendor, results in data["databases"].items():
+        rows = results["rows"]
+        for contender in dict.fromkeys(row["contender"] for row in rows):
+            cell = by(rows, contender=contender)
+            added = paired(rows, contender, "persistent", "cpu_us", operator.sub)
+            ratio = paired(rows, contender, "persistent", "cpu_us", operator.truediv)
+            compared = contender != "persistent"
+            table_rows.append(
+                [
+                    VENDORS[vendor],
+                    NAMES[contender],
+                    spread([r["cpu_us"] for r in cell]),
+                    spread(added) if compared else "",
+                    spread(ratio, "{:.2f}x") if compared else "",
+                    str(sum(r["errors"] for r in cell)),
+                ]
+            )
+    return Table(
+        f"CPU time per request through Django's WSGI handler, no HTTP: {env['threads']} "
+        f"threads in one process, pool of {env['pool_size']}",
+        [
+            "database",
+            "contender",
+            "µs CPU per request (min-max)",
+            "µs added over persistent, same round (min-max)",
+            "CPU vs persistent, same round (min-max)",
+            "errors",
+        ],
+        table_rows,
+    )
+
+
 def targets_table(targets: list[Target]) -> Table:
     return Table(
         "Targets",
@@ -332,7 +380,9 @@ def targets_table(targets: list[Target]) -> Table:
     )
 
 
-def describe(web: dict[str, Any] | None, cycle: dict[str, Any] | None) -> str:
+def describe(
+    web: dict[str, Any] | None, cycle: dict[str, Any] | None, cpu: dict[str, Any] | None
+) -> str:
     env = (web or cycle or {}).get("environment", {})
     parts = [f"Measured on {env.get('date', '?')}, {env.get('cpus', '?')} CPUs"]
     if web:
@@ -367,19 +417,33 @@ def describe(web: dict[str, Any] | None, cycle: dict[str, Any] | None) -> str:
                 "counted over a pass in which every request is answered, after an "
                 "uncounted pass of the same size"
             )
-    return "; ".join(parts) + "."
+    text = "; ".join(parts) + "."
+    if cpu:
+        e = cpu["environment"]
+        text += (
+            " CPU time per request: the same view called through Django's WSGI handler by "
+            f"{e['threads']} threads in one process (as in one gunicorn worker, with "
+            "``request_started`` and ``request_finished``), "
+            f"{e['requests']:,} requests per run after a warm-up, a fresh process per run, "
+            f"{e['rounds']} rounds in which the contenders take turns; without HTTP, what "
+            "differs between contenders is what Django does around the query."
+        )
+    return text
 
 
 def sections(render: Callable[[Table], str], image: str | None) -> str:
     web, cycle, jitter = load("web.json"), load("cycle.json"), load("jitter.json")
+    cpu = load("request_cpu.json")
     targets = (web_targets(web) if web else []) + (cycle_targets(cycle) if cycle else [])
-    out = [describe(web, cycle), ""]
+    out = [describe(web, cycle, cpu), ""]
     if image and web:
         out += [image, ""]
     if targets:
         out += [render(targets_table(targets)), ""]
     for table in web_tables(web) if web else []:
         out += [render(table), ""]
+    if cpu:
+        out += [render(request_cpu_table(cpu)), ""]
     if cycle:
         out += [render(cycle_table(cycle)), ""]
     if jitter:

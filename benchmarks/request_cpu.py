@@ -1,0 +1,189 @@
+"""CPU time per request through Django's WSGI handler, without HTTP.
+
+The benchmark site's one-query view, called through Django's own WSGI handler (so
+``request_started`` and ``request_finished`` run as under gunicorn, and with them the
+checkout and the return) by 8 threads in one process, as in one gunicorn worker; for each
+contender, on a database of its own, in a fresh process per run: the process's CPU time
+per request. There is no gunicorn, wrk or client socket, so what is left to differ between
+contenders is what Django does around the query: persistent connections check nothing out,
+a pool checks a connection out and gives it back once per request. The HTTP runs measure
+the same thing through far more noise (scheduling of workers, wrk and the server on 2 CPUs).
+
+Contenders take turns in each round, the order reversed every other round; figures are
+medians over the rounds, and differences against persistent connections are taken round by
+round. Connect per request is left out: its cost is the connect, which the HTTP table
+already shows.
+
+Run by ``make bench``; by hand: ``python tests/dbservers.py -- python
+benchmarks/request_cpu.py``. Environment: ``BENCH_ROUNDS`` (7), ``BENCH_REQUESTS`` (8000 per
+run). Writes ``results/request_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import harness
+
+from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR
+
+CONTENDERS = {
+    "postgresql": ("persistent", "native", "dbcp", "dbpool"),
+    "mysql": ("persistent", "dbcp", "dbpool"),
+}
+THREADS = 8
+POOL_SIZE = 4
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "8000"))
+#: Requests per thread before the measurement: opens the pool and warms the code paths.
+WARMUP = 100
+#: A run that takes longer than this is a hang, not a measurement.
+RUN_TIMEOUT = 600
+
+
+def request_environ() -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/item",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+    }
+
+
+def run_in_this_process() -> dict[str, Any]:
+    """One run: :data:`THREADS` threads, :data:`REQUESTS` requests in all after the warm-up;
+    the settings come from the environment (``harness.site_environment``)."""
+    from django.core.wsgi import get_wsgi_application
+
+    app = get_wsgi_application()
+    errors = [0] * THREADS
+    start = threading.Barrier(THREADS + 1)
+
+    def call() -> bool:
+        statuses: list[str] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            statuses.append(status)
+            return lambda data: None
+
+        body = app(request_environ(), start_response)
+        try:
+            b"".join(body)
+        finally:
+            body.close()  # request_finished: Django gives the connection back here
+        return statuses[0].startswith("200 ")
+
+    def worker(i: int) -> None:
+        for _ in range(WARMUP):
+            call()
+        start.wait()
+        for _ in range(REQUESTS // THREADS):
+            if not call():
+                errors[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    cpu, wall = time.process_time(), time.perf_counter()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    total = (REQUESTS // THREADS) * THREADS
+    return {"cpu_us": cpu / total * 1e6, "wall_us": wall / total * 1e6, "errors": sum(errors)}
+
+
+def measure(url: str, contender: str) -> dict[str, Any]:
+    """One run of ``contender`` on ``url`` in a fresh process."""
+    stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
+    try:
+        result = subprocess.run(
+            [sys.executable, __file__, "--run"],
+            env=harness.site_environment(url, contender, POOL_SIZE, stats_dir),
+            cwd=harness.HERE,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(stats_dir, ignore_errors=True)
+    if result.returncode:
+        raise SystemExit(f"{contender}: the run failed:\n{result.stderr}")
+    row: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return row
+
+
+def run_all(urls: dict[str, str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for vendor, url in urls.items():
+        own = {c: harness.contender_database(url, c) for c in CONTENDERS[vendor]}
+        rows = []
+        for rnd in range(1, ROUNDS + 1):
+            order = CONTENDERS[vendor] if rnd % 2 else CONTENDERS[vendor][::-1]
+            for contender in order:
+                row = {"contender": contender, "round": rnd, **measure(own[contender], contender)}
+                rows.append(row)
+                print(
+                    f"  {vendor} round {rnd}: {contender:>10} {row['cpu_us']:6.1f} µs CPU"
+                    f" per request, errors {row['errors']}",
+                    flush=True,
+                )
+        results[vendor] = {"rows": rows}
+    return results
+
+
+def main() -> int:
+    if sys.argv[1:] == ["--run"]:
+        print(json.dumps(run_in_this_process()))
+        return 0
+    urls = {
+        vendor: os.environ[variable]
+        for vendor, variable in (("postgresql", POSTGRES_URL_VAR), ("mysql", MYSQL_URL_VAR))
+        if os.environ.get(variable)
+    }
+    if not urls:
+        raise SystemExit(
+            f"set {POSTGRES_URL_VAR} or {MYSQL_URL_VAR} (run through tests/dbservers.py)"
+        )
+    import django
+
+    data = {
+        "environment": {
+            "date": time.strftime("%Y-%m-%d"),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "django": django.get_version(),
+            "threads": THREADS,
+            "pool_size": POOL_SIZE,
+            "rounds": ROUNDS,
+            "requests": REQUESTS,
+        },
+        "databases": run_all(urls),
+    }
+    out = harness.HERE / "results" / "request_cpu.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {out.relative_to(harness.ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
