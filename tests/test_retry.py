@@ -20,7 +20,7 @@ from django_dbpool.pool import PoolTimeout
 from django_dbpool.retry import connection_lost, retry_on_disconnect, retrying
 from example_project.bank.models import Account
 from tests import views
-from tests.backends.test_pooling import raw_connection, session_id
+from tests.backends.test_pooling import raw_connection, server_sessions, session_id
 from tests.conftest import holding_every_connection, wsgi_get
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,23 +32,6 @@ def give_back_the_connection() -> Iterator[None]:
     # A test may leave a dead connection on this thread's wrapper: the flush after the
     # test must get a fresh one.
     connection.close()
-
-
-def server_sessions() -> set[int]:
-    """The sessions the server has open on the test database, seen from outside the pool."""
-    with raw_connection() as conn:
-        cursor = conn.cursor()
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid()"
-            )
-        else:
-            cursor.execute(
-                "SELECT ID FROM information_schema.PROCESSLIST"
-                " WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
-            )
-        return {int(row[0]) for row in cursor.fetchall()}
 
 
 def kill(session: int) -> None:

@@ -50,6 +50,23 @@ def raw_connection(database: str = "test") -> Iterator[Any]:
         conn.close()
 
 
+def server_sessions() -> set[int]:
+    """The sessions the server has open on the test database, seen from outside the pool."""
+    with raw_connection() as conn:
+        cursor = conn.cursor()
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            )
+        else:
+            cursor.execute(
+                "SELECT ID FROM information_schema.PROCESSLIST"
+                " WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+            )
+        return {int(row[0]) for row in cursor.fetchall()}
+
+
 def statements_during(action: Callable[[], None]) -> int:
     """Statements the server executed for the test database while ``action`` ran."""
     with raw_connection() as conn:

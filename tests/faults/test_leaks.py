@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import connections
 
 from tests import views
-from tests.backends.test_pooling import raw_connection
+from tests.backends.test_pooling import server_sessions
 from tests.conftest import wsgi_get
 from tests.faults.harness import record
 from tests.faults.report import Row
@@ -41,23 +41,6 @@ def wait_for(condition: Callable[[], bool], what: str, limit: float = 30) -> Non
     while not condition():
         assert time.monotonic() < deadline, f"{what}: not after {limit:g} s"
         time.sleep(0.02)
-
-
-def sessions_on_test_database() -> int:
-    """Sessions on the test database other than the one asking."""
-    with raw_connection() as conn:
-        cursor = conn.cursor()
-        if settings.DATABASE_VENDOR == "postgresql":
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid()"
-            )
-        else:
-            cursor.execute(
-                "SELECT COUNT(*) FROM information_schema.processlist"
-                " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
-            )
-        return int(cursor.fetchone()[0])
 
 
 def source_line(function: Callable[..., Any], text: str) -> int:
@@ -95,7 +78,7 @@ def test_connections_left_by_exited_threads_are_reclaimed_with_where_they_were_a
     leaky_pool: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    before = sessions_on_test_database()
+    before = len(server_sessions())
     answers = [wsgi_get("/probe/small-leak-in-thread/") for _ in range(LEAKING_REQUESTS)]
 
     # Every request succeeded although each leaked the connection its thread used: the
@@ -110,7 +93,7 @@ def test_connections_left_by_exited_threads_are_reclaimed_with_where_they_were_a
     assert stats.in_use == 0
     assert stats.timeouts == 0
     assert stats.opened == stats.size <= MAX_SIZE
-    assert sessions_on_test_database() <= before + MAX_SIZE
+    assert len(server_sessions()) <= before + MAX_SIZE
     # A well-behaved request afterwards gets a reclaimed connection at once.
     status, body = wsgi_get("/probe/small/")
     assert status == 200
@@ -128,7 +111,7 @@ def test_connections_left_by_exited_threads_are_reclaimed_with_where_they_were_a
         place = f'File "{views.__file__}", line {line}, in leaky_task'
         assert all(place in m for m in reclaimed), reclaimed[0]
         assert all('Account.objects.using("small").exists()' in m for m in reclaimed)
-    after = sessions_on_test_database()
+    after = len(server_sessions())
     if leaky_pool.options.leak_timeout:
         record(
             Row(
