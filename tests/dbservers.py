@@ -47,7 +47,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 POSTGRES_URL_VAR = "DBPOOL_TEST_POSTGRES_URL"
@@ -588,15 +588,11 @@ def pgbouncer(postgres_url: str, pool_size: int = 20) -> Iterator[PgBouncerServe
     """PgBouncer (transaction pooling, at most ``pool_size`` server connections per
     database and user) in front of the PostgreSQL at ``postgres_url``, running as the
     unprivileged server user; its URL is ``.url``. Stopped and removed afterwards."""
-    base = Path(tempfile.mkdtemp(prefix="dbpool-pgbouncer-"))
-    base.chmod(0o755)
-    server = PgBouncerServer(base, server_account(), postgres_url, pool_size)
-    try:
-        server.start()
+    with (
+        _server_directory("dbpool-pgbouncer-") as base,
+        _started(PgBouncerServer(base, server_account(), postgres_url, pool_size)) as server,
+    ):
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -630,27 +626,17 @@ def database_servers(
         yield urls
         return
     account = server_account()
-    base = Path(tempfile.mkdtemp(prefix="dbpool-servers-"))
-    base.chmod(0o755)
-    servers: list[_Server] = []
-    try:
+    # Stopped in reverse order of starting (PgBouncer before its PostgreSQL), then removed.
+    with _server_directory("dbpool-servers-") as base, contextlib.ExitStack() as running:
         for var, cls in wanted:
-            server = cls(base, account)
-            servers.append(server)
-            server.start()
+            server = running.enter_context(_started(cls(base, account)))
             urls[var] = server.url
             if isinstance(server, PostgresServer):
                 urls[POSTGRES_LOG_VAR] = str(server.log)
         if pgbouncer:
             bouncer = PgBouncerServer(base, account, urls[POSTGRES_URL_VAR])
-            servers.append(bouncer)
-            bouncer.start()
-            urls[PGBOUNCER_URL_VAR] = bouncer.url
+            urls[PGBOUNCER_URL_VAR] = running.enter_context(_started(bouncer)).url
         yield urls
-    finally:
-        for server in reversed(servers):
-            server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -658,15 +644,35 @@ def private_server(vendor: str) -> Iterator[_Server]:
     """One throwaway server of ``vendor`` ("postgresql" or "mysql") that the caller may stop
     and restart; always stopped and removed afterwards."""
     cls: type[_Server] = PostgresServer if vendor == "postgresql" else MariaDBServer
-    base = Path(tempfile.mkdtemp(prefix="dbpool-server-"))
+    with (
+        _server_directory("dbpool-server-") as base,
+        _started(cls(base, server_account())) as server,
+    ):
+        yield server
+
+
+@contextlib.contextmanager
+def _server_directory(prefix: str) -> Iterator[Path]:
+    """A new directory that the unprivileged server account can enter; removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     base.chmod(0o755)
-    server = cls(base, server_account())
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+S = TypeVar("S", bound=_Server)
+
+
+@contextlib.contextmanager
+def _started(server: S) -> Iterator[S]:
+    """``server``, started; stopped afterwards, also when starting failed half-way."""
     try:
         server.start()
         yield server
     finally:
         server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def redact(url: str) -> str:
