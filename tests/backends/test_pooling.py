@@ -234,3 +234,62 @@ def test_async_view_uses_pooled_connections() -> None:
     assert response.status_code == 200
     int(response.content)  # the session id the ORM reported from its executor thread
     assert connection.pool.stats().acquired >= 1
+
+
+def state_after_connect(connect: Callable[[Any], None]) -> tuple[dict[str, Any], list[str]]:
+    """What ``connect`` changes on a new wrapper of the default alias that a previous
+    connection left in every state Django's ``connect()`` resets; and what it signalled
+    and ran."""
+    from django.db.backends.signals import connection_created
+
+    wrapper = connections.create_connection("default")
+    events: list[str] = []
+    wrapper.in_atomic_block = True
+    wrapper.savepoint_ids = ["s1"]
+    wrapper.atomic_blocks = [object()]
+    wrapper.needs_rollback = True
+    wrapper.closed_in_transaction = True
+    wrapper.errors_occurred = True
+    wrapper.health_check_done = False
+    wrapper.health_check_enabled = not wrapper.settings_dict["CONN_HEALTH_CHECKS"]
+    wrapper.close_at = None
+    wrapper.autocommit = False
+    wrapper.run_commit_hooks_on_set_autocommit_on = True
+    wrapper.run_on_commit = [(set(), lambda: events.append("hook"), False)]
+
+    def created(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if connection is wrapper:
+            events.append("connection_created")
+
+    before = dict(vars(wrapper))
+    connection_created.connect(created)
+    try:
+        connect(wrapper)
+    finally:
+        connection_created.disconnect(created)
+    try:
+        changed = {
+            key: value
+            for key, value in vars(wrapper).items()
+            if key not in before or value is not before[key]
+        }
+        # The values that cannot match between two wrappers: made at the connect itself.
+        changed["connection"] = type(changed["connection"])
+        changed["close_at"] = changed["close_at"] is not None
+        return changed, events
+    finally:
+        wrapper.close()
+
+
+def test_pooled_connect_leaves_the_state_django_connect_does() -> None:
+    """The pooled checkout's shortened ``connect()`` against Django's own, through the same
+    wrapper class: the same attributes reset to the same values, the same signal, the same
+    commit hooks run. A Django release whose ``connect()`` resets something more fails
+    here."""
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    pooled, pooled_events = state_after_connect(lambda wrapper: wrapper.connect())
+    stock, stock_events = state_after_connect(BaseDatabaseWrapper.connect)
+    assert pooled == stock
+    assert pooled_events == stock_events == ["hook", "connection_created"]
+    assert pooled["_dbpool_lease"] is connection.pool
