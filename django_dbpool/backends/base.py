@@ -143,6 +143,9 @@ class PooledWrapperMixin(_Base):
         Database: Any
         health_check_enabled: bool
         health_check_done: bool
+
+        def _set_autocommit(self, autocommit: bool) -> None: ...
+
     #: True on the private wrapper that opens physical connections for the pool.
     dbpool_private = False
     #: Set when an error on the current connection means the connection itself is dead.
