@@ -315,24 +315,26 @@ def jitter_table(jitter: dict[str, Any]) -> Table:
     table_rows = []
     for contender in dict.fromkeys(row["contender"] for row in rows):
         cell = by(rows, contender=contender)
+        counted = balanced(jitter, cell)
         table_rows.append(
             [
                 NAMES[contender],
-                spread([r["rps"] for r in cell]),
-                f"{median([r['p50_ms'] for r in cell]):.1f}",
-                f"{median([r['p99_ms'] for r in cell]):.1f}",
+                spread([r["rps"] for r in counted]),
+                f"{median([r['p50_ms'] for r in counted]):.1f}",
+                f"{median([r['p99_ms'] for r in counted]):.1f}",
                 str(sum(r["errors"] for r in cell)),
                 # Connects of requests still in flight when wrk stopped are counted too:
                 # connect per request can come out below 0.
                 f"{max(0.0, min(r['reuse'] for r in cell)) * 100:.2f} %",
-                f"{median([r['rss_mib'] for r in cell]):.1f}",
-                f"{median([r['rss_growth_kib_per_1000'] for r in cell]):.1f}",
+                f"{median([r['rss_mib'] for r in counted]):.1f}",
+                f"{median([r['rss_growth_kib_per_1000'] for r in counted]):.1f}",
             ]
         )
     added = median([r["round_trip_added_ms"] for r in rows])
     return Table(
         f"PostgreSQL behind a proxy adding {mean:g} ms ± {half:g} ms each way "
-        f"(measured: +{added:.1f} ms per round trip), 16 clients",
+        f"(measured: +{added:.1f} ms per round trip), 16 clients; each run measured once "
+        "both workers have served (their pools open), unbalanced runs made again as above",
         [
             "contender",
             "requests/s (min-max)",
