@@ -100,9 +100,13 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
         self._reset_all()
-        for task in asyncio.all_tasks():
-            if task is not asyncio.current_task():
-                task.cancel()
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        # Let them finish cancelling before the loop stops: a task still pending when the
+        # loop closes is reported as destroyed.
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
     def _set_open(self, value: bool) -> None:
         assert self._healed is not None
