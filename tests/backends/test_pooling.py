@@ -293,3 +293,21 @@ def test_pooled_connect_leaves_the_state_django_connect_does() -> None:
     assert pooled == stock
     assert pooled_events == stock_events == ["hook", "connection_created"]
     assert pooled["_dbpool_lease"] is connection.pool
+
+
+def test_connection_created_is_sent_at_every_checkout() -> None:
+    from django.db.backends.signals import connection_created
+
+    sent: list[str] = []
+
+    def created(sender: Any, connection: Any, **kwargs: Any) -> None:
+        sent.append(connection.alias)
+
+    wsgi_get("/probe/session/")  # the physical connection, opened before counting
+    connection_created.connect(created)
+    try:
+        sessions = {int(wsgi_get("/probe/session/")[1]) for _ in range(3)}
+    finally:
+        connection_created.disconnect(created)
+    assert sent == ["default"] * 3
+    assert len(sessions) == 1  # three checkouts of the same physical connection
