@@ -87,6 +87,21 @@ def exact_pass_size(concurrency: int) -> int:
     return max(1024, concurrency * 4)
 
 
+def wrk_figures(summary: dict[str, int], connects: int) -> dict[str, Any]:
+    """Throughput, latency and reuse of one wrk run during which the server saw
+    ``connects`` new connections."""
+    return {
+        "rps": summary["requests"] / (summary["duration_us"] / 1e6),
+        "p50_ms": summary["p50_us"] / 1000,
+        "p99_ms": summary["p99_us"] / 1000,
+        "requests": summary["requests"],
+        "connects": connects,
+        # Requests still in flight when wrk stops are not in its count, but may have
+        # connected: connect per request can come out below 0.
+        "reuse": max(0.0, 1 - connects / summary["requests"]),
+    }
+
+
 def with_worker_share(site: harness.Site, run: Callable[[], T]) -> tuple[T, float]:
     """What ``run()`` returns, and the smallest share of the workers' CPU time that one
     gunicorn worker used while it ran."""
@@ -138,17 +153,10 @@ def measure_load(
         "contender": contender,
         "round": rnd,
         "concurrency": concurrency,
-        "rps": main["requests"] / (main["duration_us"] / 1e6),
-        "p50_ms": main["p50_us"] / 1000,
-        "p99_ms": main["p99_us"] / 1000,
+        **wrk_figures(main, connects),
         "errors": errors,
         "peak_connections": peak,
         "statements_per_request": statements / exact,
-        "requests": main["requests"],
-        "connects": connects,
-        # Requests still in flight when wrk stops are not in its count, but may have
-        # connected: connect per request can come out below 0.
-        "reuse": max(0.0, 1 - connects / main["requests"]),
         "attempts": attempts,
         "worker_share": share,
     }
@@ -236,13 +244,8 @@ def measure_jitter(
     row = {
         "contender": contender,
         "round": rnd,
-        "rps": main["requests"] / (main["duration_us"] / 1e6),
-        "p50_ms": main["p50_us"] / 1000,
-        "p99_ms": main["p99_us"] / 1000,
+        **wrk_figures(main, connects),
         "errors": errors,
-        "requests": main["requests"],
-        "connects": connects,
-        "reuse": max(0.0, 1 - connects / main["requests"]),
         "rss_mib": rss_after / 2**20,
         "rss_growth_kib_per_1000": (rss_after - rss_before) / 1024 / (main["requests"] / 1000),
         "round_trip_added_ms": added,
