@@ -33,6 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.dbservers import POSTGRES_LOG_VAR, free_port  # noqa: E402
+from tests.processes import stop_gracefully  # noqa: E402
 
 #: Rows of ``bench_item`` (the site reads one at random per request).
 ROWS = 1000
@@ -313,12 +314,7 @@ def serve(database_url: str, contender: str, pool_size: int = 4) -> Iterator[Sit
                 time.sleep(0.1)
         yield Site(base, master)
     finally:
-        master.terminate()
-        try:
-            master.wait(60)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait()
+        stop_gracefully(master)
         shutil.rmtree(stats_dir, ignore_errors=True)
 
 
