@@ -8,6 +8,7 @@ checked for settings that rely on session state, which that mode does not keep.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from .options import alias_options, pool_options
+from .options import alias_options, mysql_tls_options, pool_options
 
 ENGINE_PREFIX = "django_dbpool.backends."
 _UNVERIFIED_SSLMODES = frozenset({"disable", "allow", "prefer", "require"})
@@ -65,6 +66,18 @@ def check_configuration(
                     id="django_dbpool.E002",
                 )
             )
+        if _vendor(alias) == "mysql":
+            try:
+                mysql_tls_options(alias, config.get("OPTIONS") or {})
+            except ImproperlyConfigured as exc:
+                messages.append(
+                    checks.Error(
+                        str(exc),
+                        hint="Give each TLS file once: in OPTIONS['ssl'] = {'ca': ...} or as "
+                        "OPTIONS['ssl_ca'] (the ssl_ca parameter of DATABASE_URL).",
+                        id="django_dbpool.E007",
+                    )
+                )
         max_age = config.get("CONN_MAX_AGE", 0)
         if max_age != 0:
             messages.append(
@@ -210,6 +223,10 @@ def check_deployment(
                     )
                 )
         else:
+            # ssl_ca from a database URL counts as ssl={"ca": ...}; a file given twice is
+            # check_configuration's E007.
+            with contextlib.suppress(ImproperlyConfigured):
+                options = mysql_tls_options(alias, options)
             ssl_mode = str(options.get("ssl_mode", "")).upper()
             ssl = options.get("ssl") or {}
             if ssl_mode not in _VERIFIED_MYSQL_SSL_MODES and not (
@@ -221,7 +238,8 @@ def check_deployment(
                         "verifies the server.",
                         hint="Set OPTIONS={'ssl_mode': 'VERIFY_IDENTITY', 'ssl': {'ca': "
                         "'/path/to/ca.pem'}} (ca: the CA bundle that signed the server's "
-                        "certificate, a private CA included).",
+                        "certificate, a private CA included); in a database URL, "
+                        "?ssl_mode=VERIFY_IDENTITY&ssl_ca=/path/to/ca.pem.",
                         id="django_dbpool.W002",
                     )
                 )

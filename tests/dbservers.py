@@ -22,8 +22,10 @@ From Python::
 PostgreSQL listens on 127.0.0.1 only, with SCRAM password authentication and TLS required
 (a self-signed certificate for 127.0.0.1/localhost, whose path is in the URL as
 ``sslrootcert`` with ``sslmode=verify-full``). MariaDB listens on 127.0.0.1 only, with a
-password user. PostgreSQL refuses to run as root, so when started as root both servers run
-as an unprivileged system user, created on first use.
+password user, and offers TLS with a certificate made the same way, whose path is exported
+as ``DBPOOL_TEST_MYSQL_CA`` (its URL does not ask for TLS). PostgreSQL refuses to run as
+root, so when started as root both servers run as an unprivileged system user, created on
+first use.
 
 ``--pgbouncer`` (PostgreSQL implied) also starts Debian's PgBouncer in transaction pooling
 mode in front of that PostgreSQL and exports its URL as ``DBPOOL_TEST_PGBOUNCER_URL``: same
@@ -54,6 +56,10 @@ POSTGRES_URL_VAR = "DBPOOL_TEST_POSTGRES_URL"
 MYSQL_URL_VAR = "DBPOOL_TEST_MYSQL_URL"
 # The server log of a PostgreSQL the launcher started (tests look for unclean disconnects).
 POSTGRES_LOG_VAR = "DBPOOL_TEST_POSTGRES_LOG"
+# The certificate a MariaDB the launcher started presents for TLS, also the CA that verifies
+# it. Its URL connects without TLS (as most MySQL deployments' do): tests that need TLS ask
+# for it in OPTIONS with this file.
+MYSQL_CA_VAR = "DBPOOL_TEST_MYSQL_CA"
 # PgBouncer in transaction pooling mode in front of that PostgreSQL (--pgbouncer).
 PGBOUNCER_URL_VAR = "DBPOOL_TEST_PGBOUNCER_URL"
 SERVER_USER = "dbpool"
@@ -450,6 +456,7 @@ class MariaDBServer(_Server):
         )
         init.chmod(0o600)
         self._own(init)
+        self._make_certificate()
         self._spawn(
             [
                 mariadbd,
@@ -469,6 +476,9 @@ class MariaDBServer(_Server):
                 "--innodb-use-native-aio=0",
                 "--character-set-server=utf8mb4",
                 "--collation-server=utf8mb4_unicode_ci",
+                # TLS offered, not required: clients choose with ssl_mode/ssl.
+                f"--ssl-cert={self.dir / 'server.crt'}",
+                f"--ssl-key={self.dir / 'server.key'}",
             ]
         )
         self._wait_ready(self._ready)
@@ -633,6 +643,8 @@ def database_servers(
             urls[var] = server.url
             if isinstance(server, PostgresServer):
                 urls[POSTGRES_LOG_VAR] = str(server.log)
+            if isinstance(server, MariaDBServer):
+                urls[MYSQL_CA_VAR] = str(server.dir / "server.crt")
         if pgbouncer:
             bouncer = PgBouncerServer(base, account, urls[POSTGRES_URL_VAR])
             urls[PGBOUNCER_URL_VAR] = running.enter_context(_started(bouncer)).url

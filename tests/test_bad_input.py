@@ -41,7 +41,8 @@ PG_TLS_HINT = (
 )
 MYSQL_TLS_HINT = (
     "TLS failed: check OPTIONS['ssl_mode'] and OPTIONS['ssl'] ({'ca': the CA certificate that "
-    "signed the server's certificate}), and that the server has TLS on."
+    "signed the server's certificate}; ssl_ca= in a database URL), and that the server has "
+    "TLS on."
 )
 URL_FORM = "pgpool://USER:PASSWORD@HOST:PORT/NAME (or mysqlpool://...)"
 PORT_MESSAGE = (
@@ -242,10 +243,21 @@ def test_tls_verification_failure(
             with misconfigured(monkeypatch, OPTIONS=options) as wrapper:
                 connect_error(wrapper, caplog, server_address(wrapper), cause, PG_TLS_HINT)
     else:
-        # The test server has no TLS: a client that insists on verifying it must refuse.
-        options = {"ssl_mode": "VERIFY_IDENTITY", "ssl": {"ca": other_ca}}
-        with misconfigured(monkeypatch, OPTIONS=options) as wrapper:
-            connect_error(wrapper, caplog, server_address(wrapper), "TLS/SSL error", MYSQL_TLS_HINT)
+        # The server offers TLS with a self-signed certificate: verified with a CA that did
+        # not sign it, written as a dict and as a database URL's flat ssl_ca, it is refused.
+        for options in (
+            {"ssl_mode": "VERIFY_IDENTITY", "ssl": {"ca": other_ca}},
+            {"ssl_mode": "VERIFY_IDENTITY", "ssl_ca": other_ca},
+        ):
+            caplog.clear()
+            with misconfigured(monkeypatch, OPTIONS=options) as wrapper:
+                connect_error(
+                    wrapper,
+                    caplog,
+                    server_address(wrapper),
+                    "TLS/SSL error: self-signed certificate (error 2026)",
+                    MYSQL_TLS_HINT,
+                )
 
 
 @connection_rows

@@ -109,7 +109,31 @@ def test_w002_mysql_without_verified_tls(options: dict[str, object]) -> None:
     )
     assert message.hint == (
         "Set OPTIONS={'ssl_mode': 'VERIFY_IDENTITY', 'ssl': {'ca': '/path/to/ca.pem'}} "
-        "(ca: the CA bundle that signed the server's certificate, a private CA included)."
+        "(ca: the CA bundle that signed the server's certificate, a private CA included); "
+        "in a database URL, ?ssl_mode=VERIFY_IDENTITY&ssl_ca=/path/to/ca.pem."
+    )
+
+
+def test_w002_accepts_the_ca_of_a_database_url() -> None:
+    options = {"ssl_mode": "VERIFY_IDENTITY", "ssl_ca": "/ca.pem"}
+    with override_settings(DATABASES=databases(default={"ENGINE": MY, "OPTIONS": options})):
+        assert check_configuration() == []
+        assert check_deployment() == []
+
+
+def test_e007_mysql_tls_file_given_twice() -> None:
+    options = {"ssl_mode": "VERIFY_IDENTITY", "ssl": {"ca": "/a.pem"}, "ssl_ca": "/b.pem"}
+    with override_settings(DATABASES=databases(default={"ENGINE": MY, "OPTIONS": options})):
+        message = only(check_configuration())
+    assert message.id == "django_dbpool.E007"
+    assert isinstance(message, checks.Error)
+    assert message.msg == (
+        "DATABASES['default'] sets the TLS option ca twice: in OPTIONS['ssl'] ('/a.pem') and "
+        "as OPTIONS['ssl_ca'] ('/b.pem'). Keep one of them."
+    )
+    assert message.hint == (
+        "Give each TLS file once: in OPTIONS['ssl'] = {'ca': ...} or as OPTIONS['ssl_ca'] "
+        "(the ssl_ca parameter of DATABASE_URL)."
     )
 
 

@@ -117,6 +117,17 @@ def test_launcher_starts_both_servers_with_tls_and_passwords_then_cleans_up(
             conn.close()
         with pytest.raises(MySQLdb.OperationalError, match="Access denied"):
             MySQLdb.connect(**{**mysql_params(my_url), "password": "wrong"})
+        # TLS offered (not required), verifiable with the exported certificate.
+        ca = urls[dbservers.MYSQL_CA_VAR]
+        assert Path(ca).parent == server_dirs[0] / "mariadb"
+        tls = {"ssl_mode": "VERIFY_IDENTITY", "ssl": {"ca": ca}}
+        conn = MySQLdb.connect(**mysql_params(my_url), **tls)
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+            assert cursor.fetchone()[1].startswith("TLSv1.")
+        finally:
+            conn.close()
 
         assert all(alive(pid) for pid in pids)
 

@@ -9,7 +9,8 @@ from django.db import connection
 from django.db.utils import ConnectionHandler
 
 import django_dbpool  # noqa: F401 - registers the URL schemes
-from django_dbpool.options import alias_options, driver_options
+from django_dbpool.backends.mysql.base import DatabaseClient
+from django_dbpool.options import alias_options, driver_options, mysql_tls_options
 
 
 def test_pool_dict_and_url_parameters_are_merged_and_cast() -> None:
@@ -125,3 +126,62 @@ def test_url_form_connects_and_pool_keys_never_reach_the_driver() -> None:
     finally:
         wrapper.close()
         wrapper.close_pool()
+
+
+def test_flat_mysql_tls_keys_go_into_the_ssl_dict() -> None:
+    # A database URL's ?ssl_mode=VERIFY_IDENTITY&ssl_ca=... (and MySQL's own ssl-ca spelling).
+    config = environ.Env.db_url_config(
+        "mysqlpool://app:pw@db:3306/app?ssl_mode=VERIFY_IDENTITY&ssl_ca=/ca.pem"
+        "&ssl-cert=/client.pem&ssl_key=/client.key&charset=utf8mb4"
+    )
+    assert mysql_tls_options("db", config["OPTIONS"]) == {
+        "ssl_mode": "VERIFY_IDENTITY",
+        "ssl": {"ca": "/ca.pem", "cert": "/client.pem", "key": "/client.key"},
+        "charset": "utf8mb4",
+    }
+    # Flat keys and the dict combine; without flat keys, nothing changes.
+    assert mysql_tls_options("db", {"ssl": {"ca": "/ca.pem"}, "ssl_cipher": "X"}) == {
+        "ssl": {"ca": "/ca.pem", "cipher": "X"}
+    }
+    options = {"ssl_mode": "REQUIRED", "ssl": {"ca": "/ca.pem"}, "ssl_other": 1}
+    assert mysql_tls_options("db", options) == options
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"ssl": {"ca": "/a.pem"}, "ssl_ca": "/b.pem"},
+            "DATABASES['db'] sets the TLS option ca twice: in OPTIONS['ssl'] ('/a.pem') and as "
+            "OPTIONS['ssl_ca'] ('/b.pem'). Keep one of them.",
+        ),
+        (
+            {"ssl_ca": "/a.pem", "ssl-ca": "/b.pem"},
+            "DATABASES['db'] sets the TLS option ca twice: as OPTIONS['ssl_ca'] and as "
+            "OPTIONS['ssl-ca']. Keep one of them.",
+        ),
+        (
+            {"ssl": "/a.pem", "ssl_key": "/k.pem"},
+            "DATABASES['db']: OPTIONS['ssl'] must be a dict such as {'ca': '/path/to/ca.pem'}, "
+            "not str '/a.pem'.",
+        ),
+    ],
+)
+def test_conflicting_mysql_tls_keys(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ImproperlyConfigured) as info:
+        mysql_tls_options("db", options)
+    assert str(info.value) == message
+
+
+def test_dbshell_gets_the_tls_files_of_flat_keys() -> None:
+    settings_dict = {
+        "NAME": "app",
+        "USER": "app",
+        "PASSWORD": "pw",
+        "HOST": "db",
+        "PORT": 3306,
+        "OPTIONS": {"ssl_mode": "VERIFY_IDENTITY", "ssl_ca": "/ca.pem", "ssl_cert": "/c.pem"},
+    }
+    args, _ = DatabaseClient.settings_to_cmd_args_env(settings_dict, [])
+    assert "--ssl-ca=/ca.pem" in args
+    assert "--ssl-cert=/c.pem" in args

@@ -3,13 +3,17 @@ pooled."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.mysql import base as stock
+from django.db.backends.mysql import client as stock_client
 from django.utils.functional import cached_property
 
 from ... import metrics
+from ...options import mysql_tls_options
 from ..base import AUTH_HINT, CONNECT_HINT, NAME_HINT, UNREACHABLE_HINT, PooledWrapperMixin
 
 # Client and server error codes after which the session is gone: server has gone away,
@@ -27,7 +31,8 @@ _CONNECT_HINTS = {
     2003: UNREACHABLE_HINT,
     2005: UNREACHABLE_HINT,  # unknown host
     2026: "TLS failed: check OPTIONS['ssl_mode'] and OPTIONS['ssl'] ({'ca': the CA "
-    "certificate that signed the server's certificate}), and that the server has TLS on.",
+    "certificate that signed the server's certificate}; ssl_ca= in a database URL), and that "
+    "the server has TLS on.",
 }
 
 
@@ -70,7 +75,25 @@ class MySQLdbAdapter:
         conn.close()
 
 
+class DatabaseClient(stock_client.DatabaseClient):
+    """Django's ``dbshell`` client, also given the TLS files of flat ``OPTIONS`` keys
+    (``ssl_ca``, from a database URL)."""
+
+    @classmethod
+    def settings_to_cmd_args_env(
+        cls, settings_dict: dict[str, Any], parameters: Iterable[str]
+    ) -> tuple[list[str], dict[str, str] | None]:
+        options = settings_dict["OPTIONS"]
+        # A TLS file given twice is left as written: the alias's connections raise it,
+        # naming the alias, and so does system check E007.
+        with contextlib.suppress(ImproperlyConfigured):
+            options = mysql_tls_options("", options)
+        return super().settings_to_cmd_args_env({**settings_dict, "OPTIONS": options}, parameters)
+
+
 class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
+    client_class = DatabaseClient
+
     def make_pool_adapter(self, full_reset: bool) -> MySQLdbAdapter:
         params = self.get_connection_params()
         login = {
@@ -79,6 +102,11 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
             "db": params.get("database"),
         }
         return MySQLdbAdapter(full_reset, self.dbpool_configure, login)
+
+    def _dbpool_connection_params(self) -> dict[str, Any]:
+        # TLS files written as flat OPTIONS keys (a database URL's ?ssl_ca=...) go into the
+        # ssl dict mysqlclient takes.
+        return mysql_tls_options(self.alias, super()._dbpool_connection_params())
 
     def configure_new_connection(self, connection: Any) -> None:
         # What Django's stock init_connection_state runs at every connect, in one round trip.
