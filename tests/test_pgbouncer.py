@@ -22,8 +22,11 @@ from django.db import Error, connections, transaction
 from django.db.utils import ConnectionHandler
 from django.test import override_settings
 
+from django_dbpool.backends.base import AUTH_HINT
 from django_dbpool.checks import check_configuration, check_deployment, check_pgbouncer
 from django_dbpool.options import alias_options
+from django_dbpool.pool import PoolUnavailable
+from django_dbpool.pool.errors import ConnectFailed
 from django_dbpool.tagging import application_name
 from tests import dbservers
 from tests.test_dbservers import pg_params
@@ -143,6 +146,22 @@ def test_database_check_connects_through_pgbouncer(
         assert check_configuration(databases=["pgbouncer"]) == []
         config["POOL"]["PGBOUNCER"] = None
         assert only(check_configuration(databases=["pgbouncer"])).id == "django_dbpool.W004"
+
+
+def test_wrong_password_through_pgbouncer_says_to_check_the_password(
+    bouncer: dbservers.PgBouncerServer,
+) -> None:
+    # PgBouncer checks the password itself (SCRAM) and words the failure its own way.
+    config = documented(bouncer.url, PASSWORD="Wrong-Pa55word-9f3a1c")
+    config["POOL"].update({"TIMEOUT": 30, "FAIL_FAST_AFTER": 1})
+    with through(config) as handler, pytest.raises(PoolUnavailable) as info:
+        handler["pgbouncer"].ensure_connection()
+    failed = info.value.__cause__
+    assert isinstance(failed, ConnectFailed)
+    assert str(failed) == (
+        f"DATABASES['pgbouncer']: cannot connect to 127.0.0.1:{bouncer.port} as USER "
+        f"'{config['USER']}': SASL authentication failed. {AUTH_HINT}"
+    )
 
 
 def test_queries_and_transactions_through_pgbouncer(

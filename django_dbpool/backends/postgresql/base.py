@@ -39,7 +39,11 @@ _TLS_HINT = (
 )
 # (words of libpq's or the server's message, what to check): the first match wins.
 _CONNECT_HINTS = (
-    (("password authentication failed", "no password supplied"), AUTH_HINT),
+    # PgBouncer checking a SCRAM password says "SASL authentication failed".
+    (
+        ("password authentication failed", "no password supplied", "sasl authentication failed"),
+        AUTH_HINT,
+    ),
     (
         ("no pg_hba.conf entry",),
         "The server's pg_hba.conf admits no such connection: check USER, NAME and sslmode.",
