@@ -9,8 +9,6 @@ asks the server whether the session is encrypted.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -19,11 +17,10 @@ from django.db import connections
 from django.test import override_settings
 
 from django_dbpool import parse_database_url
-from django_dbpool.backends.base import PooledWrapperMixin
 from django_dbpool.checks import check_deployment
 from tests.dbservers import MYSQL_CA_VAR
+from tests.test_bad_input import ALIAS, misconfigured
 
-ALIAS = "small"
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases=["default", ALIAS]),
     pytest.mark.filterwarnings("ignore:Overriding setting DATABASES"),
@@ -41,20 +38,6 @@ def tls_url() -> str:
     ca = os.environ.get(MYSQL_CA_VAR)
     assert ca, f"{MYSQL_CA_VAR} is not set: run the suite through tests/dbservers.py"
     return f"mysqlpool://{plain.split('://', 1)[1]}?ssl_mode=VERIFY_IDENTITY&ssl_ca={quote(ca)}"
-
-
-@contextmanager
-def small_with_options(monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]) -> Iterator[Any]:
-    wrapper = connections[ALIAS]
-    wrapper.close()
-    with monkeypatch.context() as patch:
-        patch.setitem(wrapper.settings_dict, "OPTIONS", options)
-        try:
-            yield wrapper
-        finally:
-            wrapper.close()
-            assert isinstance(wrapper, PooledWrapperMixin)
-            wrapper.close_pool()
 
 
 def session_tls_version(wrapper: Any) -> str:
@@ -75,10 +58,10 @@ def test_verified_tls_from_a_database_url(monkeypatch: pytest.MonkeyPatch) -> No
     with override_settings(DATABASES={"default": config}):
         assert check_deployment() == []
     # ... and they connect, through the pool, over TLS.
-    with small_with_options(monkeypatch, config["OPTIONS"]) as wrapper:
+    with misconfigured(monkeypatch, OPTIONS=config["OPTIONS"]) as wrapper:
         assert session_tls_version(wrapper).startswith("TLSv1.")
         assert wrapper.pool.stats().opened == 1
     if connections[ALIAS].vendor == "mysql":
         # The check can fail: the MariaDB server offers TLS but does not impose it.
-        with small_with_options(monkeypatch, {}) as wrapper:
+        with misconfigured(monkeypatch, OPTIONS={}) as wrapper:
             assert session_tls_version(wrapper) == ""
