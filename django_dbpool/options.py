@@ -10,6 +10,9 @@ Options may be written in two places, merged here into one validated
 
 The same option in both places is an error, as is an unknown key or a bad value: each
 raises ``ImproperlyConfigured`` naming the alias, the key, the value and what is accepted.
+
+Also here: the flat MySQL TLS keys a URL can carry (``?ssl_ca=...``), folded into the
+``ssl`` dict mysqlclient takes (:func:`mysql_tls_options`).
 """
 
 from __future__ import annotations
