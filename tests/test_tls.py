@@ -44,12 +44,9 @@ def session_tls_version(wrapper: Any) -> str:
     with wrapper.cursor() as cursor:
         if wrapper.vendor == "postgresql":
             cursor.execute("SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        else:
-            cursor.execute(
-                "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS "
-                "WHERE VARIABLE_NAME = 'SSL_VERSION'"
-            )
-        return str(cursor.fetchone()[0] or "")
+            return str(cursor.fetchone()[0] or "")
+        cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+        return str(cursor.fetchone()[1])
 
 
 def test_verified_tls_from_a_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
