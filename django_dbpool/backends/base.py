@@ -17,8 +17,11 @@ from __future__ import annotations
 import copy
 import os
 import select
+import socket
+import sys
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from django.db import DEFAULT_DB_ALIAS
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
-__all__ = ["PooledWrapperMixin", "pools", "take_all_pools"]
+__all__ = ["PooledWrapperMixin", "pools", "stop_watching", "take_all_pools"]
 
 # What to check after a failed connect, by cause; CONNECT_HINT when the vendor does not
 # recognise the cause.
@@ -57,6 +60,9 @@ UNREACHABLE_HINT = (
 )
 NAME_HINT = "Check NAME: the database must exist on the server."
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+# Linux's TCP_INFO socket option, whose first byte is the TCP state (include/net/tcp_states.h).
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
+_ESTABLISHED = b"\x01"
 
 
 class _Entry(NamedTuple):
@@ -76,6 +82,18 @@ class _Entry(NamedTuple):
 # alias's connection settings change (the test runner renames NAME to test_NAME, say).
 _pools: dict[str, _Entry] = {}
 _pools_lock = threading.Lock()
+
+
+# The duplicates _watch_for_server_close() holds, weakly: a forked child closes its copies, or
+# they would keep the parent's sessions open after the parent closes them (a socket shuts
+# down only when its last descriptor closes). The child never uses inherited connections.
+_watch_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def _close_inherited_watch_sockets() -> None:
+    for sock in list(_watch_sockets):
+        sock.close()
+    _watch_sockets.clear()
 
 
 def _reset_lock_in_child() -> None:
@@ -113,6 +131,7 @@ def _forget_inherited_connections() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_lock_in_child)
+os.register_at_fork(after_in_child=_close_inherited_watch_sockets)
 os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
@@ -222,7 +241,7 @@ class PooledWrapperMixin(_Base):
         snapshots.ensure_publisher()
         # The place of acquisition in warnings: connect() (or get_new_connection()).
         connection = pool.acquire(stacklevel=2)
-        if connection.dbpool_poll(0):
+        if connection.dbpool_closed_by_server():
             connection = self._dbpool_replace_closed(pool, connection)
         self._dbpool_lease = pool
         self.dbpool_broken = False
@@ -466,7 +485,7 @@ class PooledWrapperMixin(_Base):
         for _ in range(pool.options.max_size):
             pool.release(connection, broken=True)
             connection = pool.acquire(stacklevel=3)
-            if not connection.dbpool_poll(0):
+            if not connection.dbpool_closed_by_server():
                 break
         return connection
 
@@ -514,15 +533,70 @@ class PooledWrapperMixin(_Base):
 
 
 def _watch_for_server_close(connection: Any) -> None:
-    # Gives the new connection a local check, run at every checkout: dbpool_poll(0) polls
-    # its socket, no round trip (about a microsecond), and returns [] unless there is
-    # something to read. An idle connection has nothing to read unless the server wrote
-    # unasked, which it does when it ends the session (killed, shutting down: an error
-    # message, then end of file). VALIDATE_AFTER's probe catches only connections idle for
-    # a while; under load the next request would get the dead connection and fail.
-    poller = select.poll()
-    poller.register(connection.fileno(), select.POLLIN)
-    connection.dbpool_poll = poller.poll
+    # Gives the new connection a local check, run at every checkout, no round trip:
+    # dbpool_closed_by_server() is true once the server has ended the session (killed,
+    # shutting down, idle timeout: an error message, then end of file) while the connection
+    # sat idle. VALIDATE_AFTER's probe catches only connections idle for a while; under load
+    # the next request would get the dead connection and fail.
+    #
+    # On TCP it reads the socket's TCP state (anything but ESTABLISHED: the server sent FIN
+    # or RST) through a duplicate of the driver's socket, a call that keeps the GIL: a
+    # zero-timeout poll() releases and retakes it, and with a gunicorn worker's threads
+    # queued for the GIL that handed the CPU to another thread at most checkouts. The
+    # duplicate is closed with the connection (stop_watching). Elsewhere (a Unix socket, or
+    # not Linux) it polls for something to read: an idle session has nothing to read unless
+    # the server wrote unasked.
+    fd = connection.fileno()
+    sock = _tcp_duplicate(fd)
+    if sock is not None:
+        getsockopt, tcp, tcp_info = sock.getsockopt, socket.IPPROTO_TCP, cast(int, _TCP_INFO)
+
+        def closed_by_server() -> bool:
+            # The first byte of struct tcp_info is the connection's state.
+            return getsockopt(tcp, tcp_info, 1) != _ESTABLISHED
+
+        connection.dbpool_closed_by_server = closed_by_server
+        connection.dbpool_unwatch = sock.close
+        _watch_sockets.add(sock)
+        return
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    poll_now = poll.poll
+    connection.dbpool_closed_by_server = lambda: bool(poll_now(0))
+    connection.dbpool_unwatch = _nothing
+
+
+def _tcp_duplicate(fd: int) -> socket.socket | None:
+    # A socket object over a duplicate of fd if fd is a TCP socket and TCP_INFO is known,
+    # else None. Never the fd itself: a socket object closes its fd when collected.
+    if _TCP_INFO is None:
+        return None
+    try:
+        duplicate = os.dup(fd)
+    except OSError:  # out of file descriptors, say: the poll needs none
+        return None
+    try:
+        sock = socket.socket(fileno=duplicate)
+    except OSError:
+        os.close(duplicate)
+        return None
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        return sock
+    sock.close()
+    return None
+
+
+def stop_watching(connection: Any) -> None:
+    """Release what :func:`_watch_for_server_close` holds for ``connection`` (on TCP, a
+    duplicate of its socket, which would keep the session open after the driver closes its
+    own). For the pool adapters' ``close``."""
+    unwatch = getattr(connection, "dbpool_unwatch", None)
+    if unwatch is not None:
+        unwatch()
+
+
+def _nothing() -> None:
+    pass
 
 
 def take_all_pools() -> dict[str, Pool[Any]]:

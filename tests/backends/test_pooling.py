@@ -3,6 +3,7 @@ state leaking from one borrower to the next."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -181,6 +182,29 @@ def test_killed_idle_connection_is_replaced_without_an_error() -> None:
     replacement = session_id()
     assert replacement != victim
     assert connection.pool.stats().closed["broken"] >= 1
+
+
+def descriptors_of(inode: int) -> list[int]:
+    """This process's file descriptors open on the socket (or file) numbered ``inode``."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.stat(f"/proc/self/fd/{name}").st_ino == inode:
+                found.append(int(name))
+        except OSError:  # the descriptor listdir itself used, closed since
+            pass
+    return found
+
+
+def test_a_connection_the_pool_closes_leaves_no_descriptor_open() -> None:
+    session_id()
+    raw = connection.connection  # kept: its finalizer must not be what closes the socket
+    inode = os.fstat(raw.fileno()).st_ino
+    # The driver's own descriptor and the checkout check's duplicate (on TCP).
+    assert len(descriptors_of(inode)) == 2
+    connection.close()
+    connection.close_pool()
+    assert descriptors_of(inode) == []
 
 
 SESSION_STATE = {

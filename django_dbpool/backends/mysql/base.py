@@ -14,7 +14,14 @@ from django.utils.functional import cached_property
 
 from ... import metrics
 from ...options import mysql_tls_options
-from ..base import AUTH_HINT, CONNECT_HINT, NAME_HINT, UNREACHABLE_HINT, PooledWrapperMixin
+from ..base import (
+    AUTH_HINT,
+    CONNECT_HINT,
+    NAME_HINT,
+    UNREACHABLE_HINT,
+    PooledWrapperMixin,
+    stop_watching,
+)
 
 # Client and server error codes after which the session is gone: server has gone away,
 # lost connection (during query / at handshake), server shutdown, connection killed,
@@ -72,7 +79,10 @@ class MySQLdbAdapter:
             conn.autocommit(True)
 
     def close(self, conn: Any) -> None:
-        conn.close()
+        try:
+            conn.close()
+        finally:
+            stop_watching(conn)
 
 
 class DatabaseClient(stock_client.DatabaseClient):

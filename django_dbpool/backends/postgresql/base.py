@@ -11,7 +11,14 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base as stock
 
 from ... import metrics, tagging
-from ..base import AUTH_HINT, CONNECT_HINT, NAME_HINT, UNREACHABLE_HINT, PooledWrapperMixin
+from ..base import (
+    AUTH_HINT,
+    CONNECT_HINT,
+    NAME_HINT,
+    UNREACHABLE_HINT,
+    PooledWrapperMixin,
+    stop_watching,
+)
 
 try:
     from psycopg import Connection, IsolationLevel
@@ -95,7 +102,10 @@ class PsycopgAdapter:
             self.configure(conn)
 
     def close(self, conn: Connection[Any]) -> None:
-        conn.close()
+        try:
+            conn.close()
+        finally:
+            stop_watching(conn)
 
 
 class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
