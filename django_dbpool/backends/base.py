@@ -563,7 +563,6 @@ def _watch_for_server_close(connection: Any) -> None:
     poll.register(fd, select.POLLIN)
     poll_now = poll.poll
     connection.dbpool_closed_by_server = lambda: bool(poll_now(0))
-    connection.dbpool_unwatch = _nothing
 
 
 def _tcp_duplicate(fd: int) -> socket.socket | None:
@@ -587,16 +586,12 @@ def _tcp_duplicate(fd: int) -> socket.socket | None:
 
 
 def stop_watching(connection: Any) -> None:
-    """Release what :func:`_watch_for_server_close` holds for ``connection`` (on TCP, a
+    """Release what :func:`_watch_for_server_close` holds for ``connection``: on TCP, a
     duplicate of its socket, which would keep the session open after the driver closes its
-    own). For the pool adapters' ``close``."""
+    own; nothing otherwise. For the pool adapters' ``close``."""
     unwatch = getattr(connection, "dbpool_unwatch", None)
     if unwatch is not None:
         unwatch()
-
-
-def _nothing() -> None:
-    pass
 
 
 def take_all_pools() -> dict[str, Pool[Any]]:
