@@ -33,14 +33,20 @@ class DriverConnection:
 
 
 @pytest.fixture
-def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+def watched() -> Iterator[tuple[DriverConnection, socket.socket]]:
+    """A connection over loopback TCP with the checkout check set up, and the server's end."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
     with client, server:
-        yield client, server
+        conn = DriverConnection(client)
+        _watch_for_server_close(conn)
+        try:
+            yield conn, server
+        finally:
+            stop_watching(conn)
 
 
 def readable(sock: socket.socket) -> bool:
@@ -53,38 +59,28 @@ def sees_end_of_file(sock: socket.socket) -> bool:
 
 
 def test_tcp_check_reads_the_connection_state(
-    tcp_pair: tuple[socket.socket, socket.socket],
+    watched: tuple[DriverConnection, socket.socket],
 ) -> None:
-    client, server = tcp_pair
-    conn = DriverConnection(client)
-    _watch_for_server_close(conn)
-    try:
-        assert conn.dbpool_closed_by_server() is False
-        # Unread bytes alone do not count: the session is over only when the server has
-        # closed its end.
-        server.sendall(b"N")
-        assert readable(client)
-        assert conn.dbpool_closed_by_server() is False
-        assert client.recv(1) == b"N"
-        server.close()
-        assert sees_end_of_file(client)
-        assert conn.dbpool_closed_by_server() is True
-    finally:
-        stop_watching(conn)
+    conn, server = watched
+    assert conn.dbpool_closed_by_server() is False
+    # Unread bytes alone do not count: the session is over only when the server has closed
+    # its end.
+    server.sendall(b"N")
+    assert readable(conn.sock)
+    assert conn.dbpool_closed_by_server() is False
+    assert conn.sock.recv(1) == b"N"
+    server.close()
+    assert sees_end_of_file(conn.sock)
+    assert conn.dbpool_closed_by_server() is True
 
 
-def test_tcp_check_sees_a_reset(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
-    client, server = tcp_pair
-    conn = DriverConnection(client)
-    _watch_for_server_close(conn)
-    try:
-        # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        server.close()
-        assert readable(client)
-        assert conn.dbpool_closed_by_server() is True
-    finally:
-        stop_watching(conn)
+def test_tcp_check_sees_a_reset(watched: tuple[DriverConnection, socket.socket]) -> None:
+    conn, server = watched
+    # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()
+    assert readable(conn.sock)
+    assert conn.dbpool_closed_by_server() is True
 
 
 def test_unix_socket_check_polls() -> None:
@@ -101,11 +97,9 @@ def test_unix_socket_check_polls() -> None:
 
 
 def test_a_closed_connection_ends_the_session_once_the_watch_stops(
-    tcp_pair: tuple[socket.socket, socket.socket],
+    watched: tuple[DriverConnection, socket.socket],
 ) -> None:
-    client, server = tcp_pair
-    conn = DriverConnection(client)
-    _watch_for_server_close(conn)
+    conn, server = watched
     conn.close()
     # The duplicate still holds the socket: the server sees nothing yet.
     server.setblocking(False)
@@ -117,18 +111,16 @@ def test_a_closed_connection_ends_the_session_once_the_watch_stops(
 
 
 def test_a_forked_child_does_not_keep_the_parents_session_open(
-    tcp_pair: tuple[socket.socket, socket.socket],
+    watched: tuple[DriverConnection, socket.socket],
 ) -> None:
-    client, server = tcp_pair
-    conn = DriverConnection(client)
-    _watch_for_server_close(conn)
+    conn, server = watched
     release_r, release_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never return into pytest
         try:
             # The pool's fork handling points the child's copy of the driver's socket at
-            # /dev/null; this stands-in for it. The watch's duplicate is the backend's.
-            os.close(client.fileno())
+            # /dev/null; this stands in for it. The watch's duplicate is the backend's.
+            os.close(conn.fileno())
             os.read(release_r, 1)  # alive until the parent has looked
         finally:
             os._exit(0)
