@@ -84,6 +84,22 @@ def app_sessions() -> int:
     return int(raw_query(sql)[0][0])
 
 
+def app_sessions_sleeping() -> int:
+    """Sessions on the real database, other than the one asking, running a sleep (the
+    example project's slow report): a request that is in its view, not just connected."""
+    if settings.DATABASE_VENDOR == "postgresql":
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state = 'active' AND query ILIKE '%pg_sleep(%'"
+        )
+    else:
+        sql = (
+            "SELECT COUNT(*) FROM information_schema.processlist"
+            " WHERE db = DATABASE() AND id <> CONNECTION_ID() AND info LIKE '%SLEEP(%'"
+        )
+    return int(raw_query(sql)[0][0])
+
+
 def wait_for_no_app_sessions(limit: float = 30) -> int:
     deadline = time.monotonic() + limit
     while (count := app_sessions()) and time.monotonic() < deadline:

@@ -170,8 +170,11 @@ def test_sigint_on_runserver_finishes_the_request_in_flight_and_drains() -> None
 
         request = threading.Thread(target=slow)
         request.start()
+        # In flight: its query is running (the health check's connection, idle in the
+        # pool, does not count).
         deadline = time.monotonic() + 30
-        while processes.app_sessions() < 1 and time.monotonic() < deadline:
+        while processes.app_sessions_sleeping() < 1:
+            assert time.monotonic() < deadline, f"the slow request never ran its query: {result}"
             time.sleep(0.02)
         server.send_signal(signal.SIGINT)
         request.join(60)
