@@ -60,6 +60,10 @@ POSTGRES_LOG_VAR = "DBPOOL_TEST_POSTGRES_LOG"
 # it. Its URL connects without TLS (as most MySQL deployments' do): tests that need TLS ask
 # for it in OPTIONS with this file.
 MYSQL_CA_VAR = "DBPOOL_TEST_MYSQL_CA"
+# The Unix-socket addresses of the servers the launcher started, for tests that connect
+# without TCP: PostgreSQL's socket directory (a HOST) and MariaDB's socket file.
+POSTGRES_SOCKET_VAR = "DBPOOL_TEST_POSTGRES_SOCKET_DIR"
+MYSQL_SOCKET_VAR = "DBPOOL_TEST_MYSQL_SOCKET"
 # PgBouncer in transaction pooling mode in front of that PostgreSQL (--pgbouncer).
 PGBOUNCER_URL_VAR = "DBPOOL_TEST_PGBOUNCER_URL"
 SERVER_USER = "dbpool"
@@ -643,8 +647,10 @@ def database_servers(
             urls[var] = server.url
             if isinstance(server, PostgresServer):
                 urls[POSTGRES_LOG_VAR] = str(server.log)
+                urls[POSTGRES_SOCKET_VAR] = str(server.dir)
             if isinstance(server, MariaDBServer):
                 urls[MYSQL_CA_VAR] = str(server.dir / "server.crt")
+                urls[MYSQL_SOCKET_VAR] = str(server.dir / "mysqld.sock")
         if pgbouncer:
             bouncer = PgBouncerServer(base, account, urls[POSTGRES_URL_VAR])
             urls[PGBOUNCER_URL_VAR] = running.enter_context(_started(bouncer)).url

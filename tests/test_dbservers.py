@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -120,6 +121,10 @@ def test_launcher_starts_both_servers_with_tls_and_passwords_then_cleans_up(
         # TLS offered (not required), verifiable with the exported certificate.
         ca = urls[dbservers.MYSQL_CA_VAR]
         assert Path(ca).parent == server_dirs[0] / "mariadb"
+        # Both also listen on a Unix socket, whose address is exported.
+        pg_socket = Path(urls[dbservers.POSTGRES_SOCKET_VAR]) / f".s.PGSQL.{params['port']}"
+        assert stat.S_ISSOCK(pg_socket.stat().st_mode)
+        assert stat.S_ISSOCK(Path(urls[dbservers.MYSQL_SOCKET_VAR]).stat().st_mode)
         tls = {"ssl_mode": "VERIFY_IDENTITY", "ssl": {"ca": ca}}
         conn = MySQLdb.connect(**mysql_params(my_url), **tls)
         try:
@@ -177,6 +182,7 @@ def test_launcher_puts_pgbouncer_in_front_of_postgresql_then_cleans_up(
         assert set(urls) == {
             dbservers.POSTGRES_URL_VAR,
             dbservers.POSTGRES_LOG_VAR,
+            dbservers.POSTGRES_SOCKET_VAR,
             dbservers.PGBOUNCER_URL_VAR,
         }
         bouncer_params = pg_params(urls[dbservers.PGBOUNCER_URL_VAR])

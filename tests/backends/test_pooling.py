@@ -4,6 +4,7 @@ state leaking from one borrower to the next."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -182,6 +183,30 @@ def test_killed_idle_connection_is_replaced_without_an_error() -> None:
     replacement = session_id()
     assert replacement != victim
     assert connection.pool.stats().closed["broken"] >= 1
+
+
+def test_killed_idle_connection_over_a_unix_socket_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Over a Unix socket the checkout check polls the socket (TCP's reads the TCP state).
+    from tests.dbservers import MYSQL_SOCKET_VAR, POSTGRES_SOCKET_VAR
+    from tests.test_bad_input import ALIAS, misconfigured
+
+    var = POSTGRES_SOCKET_VAR if connection.vendor == "postgresql" else MYSQL_SOCKET_VAR
+    address = os.environ.get(var)
+    assert address, f"{var} is not set: run the suite through tests/dbservers.py"
+    # PostgreSQL's socket file is named after PORT, which stays.
+    with misconfigured(monkeypatch, HOST=address) as wrapper:
+        victim = session_id(ALIAS)
+        raw = wrapper.connection
+        with socket.socket(fileno=os.dup(raw.fileno())) as sock:
+            assert sock.family == socket.AF_UNIX
+        assert not hasattr(raw, "dbpool_unwatch")  # nothing duplicated: the socket is polled
+        wrapper.close()
+        kill_session(victim)
+        replacement = session_id(ALIAS)
+        assert replacement != victim
+        assert wrapper.pool.stats().closed["broken"] >= 1
 
 
 def descriptors_of(inode: int) -> list[int]:
