@@ -15,6 +15,8 @@ from django.db import connection, connections, transaction
 from django_dbpool.pool import PoolTimeout
 from example_project.bank.models import Account
 from tests.conftest import holding_every_connection, wsgi_get
+from tests.dbservers import MYSQL_SOCKET_VAR, POSTGRES_SOCKET_VAR
+from tests.test_bad_input import ALIAS, misconfigured
 from tests.views import SESSION_ID_SQL
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "small", "reset"])
@@ -189,9 +191,6 @@ def test_killed_idle_connection_over_a_unix_socket_is_replaced(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Over a Unix socket the checkout check polls the socket (TCP's reads the TCP state).
-    from tests.dbservers import MYSQL_SOCKET_VAR, POSTGRES_SOCKET_VAR
-    from tests.test_bad_input import ALIAS, misconfigured
-
     var = POSTGRES_SOCKET_VAR if connection.vendor == "postgresql" else MYSQL_SOCKET_VAR
     address = os.environ.get(var)
     assert address, f"{var} is not set: run the suite through tests/dbservers.py"
