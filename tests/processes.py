@@ -69,34 +69,24 @@ def raw_query(sql: str) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
-def app_sessions() -> int:
-    """Sessions on the real database other than the one asking."""
+def app_sessions(sleeping: bool = False) -> int:
+    """Sessions on the real database other than the one asking; with ``sleeping``, only
+    those running a sleep (the example project's slow report): a request that is in its
+    view, not just connected."""
     if settings.DATABASE_VENDOR == "postgresql":
         sql = (
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid()"
         )
+        if sleeping:
+            sql += " AND state = 'active' AND query ILIKE '%pg_sleep(%'"
     else:
         sql = (
             "SELECT COUNT(*) FROM information_schema.processlist"
             " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
         )
-    return int(raw_query(sql)[0][0])
-
-
-def app_sessions_sleeping() -> int:
-    """Sessions on the real database, other than the one asking, running a sleep (the
-    example project's slow report): a request that is in its view, not just connected."""
-    if settings.DATABASE_VENDOR == "postgresql":
-        sql = (
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid() AND state = 'active' AND query ILIKE '%pg_sleep(%'"
-        )
-    else:
-        sql = (
-            "SELECT COUNT(*) FROM information_schema.processlist"
-            " WHERE db = DATABASE() AND id <> CONNECTION_ID() AND info LIKE '%SLEEP(%'"
-        )
+        if sleeping:
+            sql += " AND info LIKE '%SLEEP(%'"
     return int(raw_query(sql)[0][0])
 
 

@@ -173,7 +173,7 @@ def test_sigint_on_runserver_finishes_the_request_in_flight_and_drains() -> None
         # In flight: its query is running (the health check's connection, idle in the
         # pool, does not count).
         deadline = time.monotonic() + 30
-        while processes.app_sessions_sleeping() < 1:
+        while processes.app_sessions(sleeping=True) < 1:
             assert time.monotonic() < deadline, f"the slow request never ran its query: {result}"
             time.sleep(0.02)
         server.send_signal(signal.SIGINT)
