@@ -199,6 +199,21 @@ def test_queries_and_transactions_through_pgbouncer(
         assert wrapper.pool.stats().opened == 1
 
 
+def test_validation_probes_pass_through_pgbouncer(bouncer: dbservers.PgBouncerServer) -> None:
+    # VALIDATE_AFTER 0: every checkout probes (an empty query) before handing out.
+    config = documented(bouncer.url)
+    config["POOL"]["VALIDATE_AFTER"] = 0
+    with through(config) as handler:
+        wrapper = handler["pgbouncer"]
+        for i in range(5):
+            assert one_value(wrapper, "SELECT %s", [i]) == i
+            wrapper.close()
+        stats = wrapper.pool.stats()
+        assert stats.validations == 4  # every checkout but the first, which opened it
+        assert stats.validations_failed == 0
+        assert stats.opened == 1
+
+
 def test_concurrent_threads_share_pgbouncers_few_server_connections(
     bouncer: dbservers.PgBouncerServer, table: str
 ) -> None:

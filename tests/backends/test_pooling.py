@@ -114,6 +114,34 @@ def test_one_statement_per_one_query_request() -> None:
     assert count == requests
 
 
+def test_a_validation_probe_is_a_round_trip_but_not_a_statement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # VALIDATE_AFTER 0: every checkout probes the connection first.
+    pool = {"MAX_SIZE": 1, "TIMEOUT": 60, "VALIDATE_AFTER": 0}
+    with misconfigured(monkeypatch, POOL=pool) as wrapper:
+        session = session_id(ALIAS)  # opened, with its session set up, before counting
+        wrapper.close()
+        checkouts = 20
+
+        def check_out_and_back() -> None:
+            for _ in range(checkouts):
+                wrapper.ensure_connection()
+                wrapper.close()
+
+        count = statements_during(check_out_and_back)
+        stats = wrapper.pool.stats()
+        assert stats.validations == checkouts
+        assert count == 0
+        if connection.vendor == "postgresql":
+            # The server did receive it: the session's last query is the empty one.
+            with raw_connection() as conn:
+                row = conn.execute(
+                    "SELECT query FROM pg_stat_activity WHERE pid = %s", [session]
+                ).fetchone()
+            assert row == ("",)
+
+
 def test_bound_holds_and_the_next_checkout_times_out() -> None:
     small = connections["small"]
     with holding_every_connection("small") as held:

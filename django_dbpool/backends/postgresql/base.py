@@ -85,7 +85,10 @@ class PsycopgAdapter:
         # A pooled connection is never inside a transaction here (release rolled it back),
         # so switching to autocommit is local, and the probe starts no transaction.
         conn.autocommit = True
-        conn.execute("SELECT 1")
+        # An empty query: a full round trip that the server answers without parsing,
+        # planning or running anything, so it is no statement in pg_stat_statements or the
+        # statement log (the counterpart of MySQL's COM_PING).
+        conn.execute("")
         return True
 
     def needs_reset(self, conn: Connection[Any]) -> bool:
