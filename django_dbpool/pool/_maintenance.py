@@ -81,9 +81,10 @@ class Maintenance(PoolState[C]):
                 elif self._waiters and not self._transient(exc):
                     # A wrong configuration, not an unreachable database: waiting or
                     # retrying cannot help the caller, who gets the error itself.
-                    waiter = self._waiters.popleft()
+                    waiter = self._waiters[0]
                     waiter.error = exc
-                    waiter.wakeup.release()
+                    self._leave_locked(waiter)
+                    waiter.wake()
             if failures == 1 or now_failing_fast:
                 logger.warning(
                     "pool %r: connect failed (%d in a row)%s: %r",
@@ -126,7 +127,7 @@ class Maintenance(PoolState[C]):
         for waiter in waiters:
             self._unavailable_count += 1
             waiter.error = self._unavailable_error()
-            waiter.wakeup.release()
+            waiter.wake()
 
     # -- housekeeper --------------------------------------------------------------------------
 

@@ -51,10 +51,17 @@ class Slot(Generic[C]):
 
 
 class Waiter(Generic[C]):
-    """A queued caller. ``wakeup`` is a lock created held; whoever serves the waiter releases
-    it, so each waiter sleeps on its own primitive and a hand-off wakes exactly one thread."""
+    """A queued caller. ``wakeup`` is a lock created held; :meth:`wake` releases it, so each
+    waiter sleeps on its own primitive and a wake-up rouses exactly one thread.
 
-    __slots__ = ("error", "holder", "since", "slot", "wakeup")
+    A waiter is woken either served (``slot`` or ``error`` set) or nudged (neither set: a
+    connection went idle and the waiter should try for it). ``woken`` is true from the wake
+    until the waiter, under the pool lock, has looked at what it was woken for. ``passed``
+    counts the connections that went idle for it while it was the oldest waiter (see
+    ``pool.MAX_PASSES``).
+    """
+
+    __slots__ = ("error", "holder", "passed", "since", "slot", "wakeup", "woken")
 
     def __init__(self, holder: Holder, since: float) -> None:
         # Looked up through the module at call time so gevent's monkey-patching applies.
@@ -64,6 +71,14 @@ class Waiter(Generic[C]):
         self.since = since
         self.slot: Slot[C] | None = None
         self.error: BaseException | None = None
+        self.woken = False
+        self.passed = 0
+
+    def wake(self) -> None:
+        """Rouse the waiter (pool lock held); a second wake before it looks is a no-op."""
+        if not self.woken:
+            self.woken = True
+            self.wakeup.release()
 
 
 def capture_stack(frame: FrameType | None) -> Stack:

@@ -117,7 +117,21 @@ class PoolState(Generic[C]):
         # so the releasing thread can never take it back and the waiter needs no lock to run.
         self._register(slot, waiter.holder, now, waiter.since)
         waiter.slot = slot
-        waiter.wakeup.release()
+        waiter.wake()
+
+    def _serve_oldest_locked(self, slot: Slot[C], now: float) -> None:
+        # Direct hand-off to the oldest waiter. If a connection is idle too (the waiter had
+        # been woken to take it and was served this way first), the next waiter is woken for it.
+        self._give(self._waiters.popleft(), slot, now)
+        if self._idle and self._waiters:
+            self._waiters[0].wake()
+
+    def _leave_locked(self, waiter: Waiter[C]) -> None:
+        # A waiter leaves the queue (served from idle, timed out or interrupted). If a
+        # connection is still idle, the new oldest waiter is woken to take it.
+        self._waiters.remove(waiter)
+        if self._idle and self._waiters:
+            self._waiters[0].wake()
 
     def _put_locked(self, slot: Slot[C], now: float) -> bool:
         # Hands an owned, usable slot to the oldest waiter, else makes it idle at its place in
@@ -125,7 +139,7 @@ class PoolState(Generic[C]):
         if self._closed:
             return False
         if self._waiters:
-            self._give(self._waiters.popleft(), slot, now)
+            self._serve_oldest_locked(slot, now)
             return True
         idle = self._idle
         i = len(idle)

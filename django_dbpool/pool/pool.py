@@ -29,6 +29,13 @@ C = TypeVar("C")
 
 _getframe = sys._getframe
 
+#: Bounded barging. A connection returned while callers wait goes straight to the oldest of
+#: them once that waiter has been passed over this many times. Until then the connection goes
+#: idle and the oldest waiter is woken to take it, but a running thread that asks first gets
+#: it. Handing every connection to a sleeping thread makes every checkout under contention
+#: sleep and wait for a thread switch; this bound keeps the order fair all the same.
+MAX_PASSES = 2
+
 
 class Pool(Maintenance[C]):
     """A bounded, fair, fork-safe pool of connections made by ``connect``.
@@ -54,9 +61,10 @@ class Pool(Maintenance[C]):
     def acquire(self, timeout: float | None = None, *, stacklevel: int = 1) -> C:
         """Check a connection out; the caller must :meth:`release` it exactly once.
 
-        Waits at most ``timeout`` seconds (default ``TIMEOUT``), first in first out. A
-        connection idle longer than ``VALIDATE_AFTER`` is probed first; dead ones are replaced
-        transparently.
+        Waits at most ``timeout`` seconds (default ``TIMEOUT``), first in first out; a running
+        thread may take a returned connection ahead of the oldest waiter, at most
+        :data:`MAX_PASSES` times. A connection idle longer than ``VALIDATE_AFTER`` is probed
+        first; dead ones are replaced transparently.
 
         Raises :class:`PoolTimeout` when the wait runs out, :class:`PoolExhausted` at once when
         ``MAX_WAITING`` callers already wait, :class:`PoolUnavailable` at once while the
@@ -99,8 +107,8 @@ class Pool(Maintenance[C]):
 
         Pass ``broken=True`` when the connection must not be reused (the driver reported it
         lost); it is closed and replaced. A connection inside a transaction or in an error
-        state is reset first; if that fails it is closed. The connection goes straight to the
-        oldest waiter if there is one.
+        state is reset first; if that fails it is closed. With callers waiting, the oldest is
+        woken for the connection, or handed it directly once passed over ``MAX_PASSES`` times.
 
         Not idempotent: releasing a connection that is not checked out from this pool raises
         ``ValueError``, except after :meth:`close` (force-closed connections) and in a forked
@@ -129,10 +137,18 @@ class Pool(Maintenance[C]):
                     hist.max = held
                 if reason is None and now < slot.expires and not self._closed:
                     slot.last_used = slot.last_ok = now
-                    if self._waiters:
-                        self._give(self._waiters.popleft(), slot, now)
-                    else:
+                    waiters = self._waiters
+                    if not waiters:
                         self._idle.append(slot)
+                    elif waiters[0].passed >= MAX_PASSES:
+                        self._serve_oldest_locked(slot, now)
+                    else:
+                        # Bounded barging (see MAX_PASSES): idle, and the oldest waiter is
+                        # woken to come for it.
+                        oldest = waiters[0]
+                        oldest.passed += 1
+                        self._idle.append(slot)
+                        oldest.wake()
                     return
                 if self._closed:
                     reason = "shutdown"
@@ -176,7 +192,7 @@ class Pool(Maintenance[C]):
             self._waiters.clear()
             for waiter in waiters:
                 waiter.error = PoolClosed(f"pool {self.name!r} was closed while waiting")
-                waiter.wakeup.release()
+                waiter.wake()
             idle = list(self._idle)
             self._idle.clear()
             self._connector_wake.notify_all()
@@ -316,32 +332,49 @@ class Pool(Maintenance[C]):
             return self._wait(waiter, deadline, timeout)
 
     def _wait(self, waiter: Waiter[C], deadline: float, timeout: float) -> C:
-        try:
-            served = waiter.wakeup.acquire(timeout=max(deadline - time.monotonic(), 0.0))
-        except BaseException:
-            # Interrupted (KeyboardInterrupt, gevent Timeout): never lose a handed-off slot.
-            with self._lock:
-                slot = waiter.slot
+        while True:
+            try:
+                woken = waiter.wakeup.acquire(timeout=max(deadline - time.monotonic(), 0.0))
+            except BaseException:
+                # Interrupted (KeyboardInterrupt, gevent Timeout): never lose a handed-off slot.
+                with self._lock:
+                    slot = waiter.slot
+                    if slot is not None:
+                        self._out.pop(id(slot.conn), None)
+                        if self._put_locked(slot, self._clock()):
+                            slot = None
+                    elif waiter.error is None:
+                        self._leave_locked(waiter)
                 if slot is not None:
-                    self._out.pop(id(slot.conn), None)
-                    if self._put_locked(slot, self._clock()):
-                        slot = None
-                elif waiter.error is None:
-                    self._waiters.remove(waiter)
-            if slot is not None:
-                self._close_slot(slot, "shutdown")
-            raise
-        if not served:
+                    self._close_slot(slot, "shutdown")
+                raise
+            # Served: the slot was registered for us before the wake-up, no lock needed.
+            if woken and waiter.slot is not None:
+                return waiter.slot.conn
             with self._lock:
-                # Served between the timeout and taking the lock: take what we were given.
-                if waiter.slot is None and waiter.error is None:
-                    self._waiters.remove(waiter)
-                    self._timeouts += 1
-                    raise self._timeout_error(timeout)
-        if waiter.error is not None:
+                waiter.woken = False
+                if waiter.slot is not None:
+                    return waiter.slot.conn
+                if waiter.error is None:
+                    if self._idle:
+                        # Nudged and a connection is still idle: take it as a checkout would.
+                        slot = self._idle.pop()
+                        self._leave_locked(waiter)
+                        now = self._clock()
+                        if now - slot.last_ok < self._validate_after and now < slot.expires:
+                            self._register(slot, waiter.holder, now, waiter.since)
+                            return slot.conn
+                        break
+                    if not woken:
+                        self._leave_locked(waiter)
+                        self._timeouts += 1
+                        raise self._timeout_error(timeout)
+                    # Nudged, but a running thread took the connection first: wait on, in
+                    # our place in the queue.
+                    continue
             raise waiter.error
-        assert waiter.slot is not None
-        return waiter.slot.conn
+        # An idle connection due for a check: the usual checkout path probes it off the lock.
+        return self._checkout_slow(slot, deadline - time.monotonic(), waiter.holder, waiter.since)
 
     def _reset(self, conn: C) -> str | None:
         # Off the lock. A connection we do not own (released twice, force-closed, inherited
