@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from django_dbpool.pool import Pool, PoolTimeout
+from django_dbpool.pool import Pool, PoolClosed, PoolTimeout
 from django_dbpool.pool.pool import MAX_PASSES
 
 from .fakes import FakeConnection, closing, make_pool, wait_until
@@ -30,17 +30,38 @@ def no_thread_switch() -> Iterator[None]:
         sys.setswitchinterval(interval)
 
 
-def start_waiters(pool: Pool[FakeConnection], count: int, served: Served) -> list[threading.Thread]:
+@contextmanager
+def waiting(pool: Pool[FakeConnection], count: int) -> Iterator[Served]:
+    """``count`` threads queued on ``pool`` in this order. Each keeps what it is served, its
+    thread alive (so the pool never reclaims it as an orphan), until the block ends; the
+    pool is then closed, which also ends a wait that was never served."""
+    served: Served = []
+    done = threading.Event()
+
     def waiter(i: int) -> None:
-        served.append((i, pool.acquire(timeout=60)))
+        try:
+            served.append((i, pool.acquire(timeout=60)))
+        except PoolClosed:
+            return
+        done.wait(60)
 
     threads = []
-    for i in range(count):
-        t = threading.Thread(target=waiter, args=(i,))
-        t.start()
-        threads.append(t)
-        assert wait_until(lambda i=i: pool.stats().waiting == i + 1)
-    return threads
+    try:
+        for i in range(count):
+            t = threading.Thread(target=waiter, args=(i,))
+            t.start()
+            threads.append(t)
+            assert wait_until(lambda i=i: pool.stats().waiting == i + 1)
+        yield served
+    finally:
+        pool.close(timeout=0)
+        done.set()
+        for t in threads:
+            t.join(timeout=60)
+
+
+def served_count(served: Served, count: int) -> bool:
+    return wait_until(lambda: len(served) >= count, timeout=30)
 
 
 def overtake(pool: Pool[FakeConnection], conn: FakeConnection, times: int) -> None:
@@ -75,10 +96,8 @@ def test_waiters_are_served_in_arrival_order():
 
 def test_the_oldest_waiter_passed_over_max_passes_times_is_handed_the_next_connection():
     pool, _ = make_pool(MAX_SIZE=1)
-    with closing(pool):
-        conn = pool.acquire()
-        served: Served = []
-        (t,) = start_waiters(pool, 1, served)
+    conn = pool.acquire()
+    with waiting(pool, 1) as served:
         with no_thread_switch():
             overtake(pool, conn, MAX_PASSES)
             pool.release(conn)
@@ -86,37 +105,33 @@ def test_the_oldest_waiter_passed_over_max_passes_times_is_handed_the_next_conne
             # the waiter has run.
             with pytest.raises(PoolTimeout):
                 pool.acquire(timeout=0)
-        t.join(timeout=30)
+        assert served_count(served, 1)
         assert served == [(0, conn)]
         assert pool.stats().timeouts == 1
 
 
 def test_an_overtaken_waiter_keeps_its_place_in_the_queue():
     pool, _ = make_pool(MAX_SIZE=1)
-    with closing(pool):
-        conn = pool.acquire()
-        served: Served = []
-        threads = start_waiters(pool, 2, served)
+    conn = pool.acquire()
+    with waiting(pool, 2) as served:
         with no_thread_switch():
             overtake(pool, conn, 1)
         # The oldest waiter was woken for it, found it gone and waits on, still first.
         assert pool.stats().waiting == 2
         pool.release(conn)
-        assert wait_until(lambda: len(served) == 1)
+        assert served_count(served, 1)
         assert served == [(0, conn)]
-        pool.release(conn)
-        threads[1].join(timeout=30)
+        pool.release(conn)  # on waiter 0's behalf
+        assert served_count(served, 2)
         assert served == [(0, conn), (1, conn)]
 
 
 def test_a_returned_connection_wakes_the_oldest_waiter_to_take_it():
     pool, _ = make_pool(MAX_SIZE=1)
-    with closing(pool):
-        conn = pool.acquire()
-        served: Served = []
-        (t,) = start_waiters(pool, 1, served)
+    conn = pool.acquire()
+    with waiting(pool, 1) as served:
         pool.release(conn)  # not passed over yet: idle, and the waiter is woken for it
-        t.join(timeout=30)
+        assert served_count(served, 1)
         assert served == [(0, conn)]
         assert pool.stats().waiting == 0
 
@@ -126,17 +141,14 @@ def test_a_connection_left_idle_by_a_direct_hand_off_goes_to_the_next_waiter():
     # before it runs: the idle one must then wake the next waiter, which would otherwise
     # sleep until its timeout with a connection idle.
     pool, _ = make_pool(MAX_SIZE=2)
-    with closing(pool):
-        first, second = pool.acquire(), pool.acquire()
-        served: Served = []
-        threads = start_waiters(pool, 2, served)
+    first, second = pool.acquire(), pool.acquire()
+    with waiting(pool, 2) as served:
         with no_thread_switch():
             overtake(pool, first, MAX_PASSES - 1)
             pool.release(first)  # the last pass: idle, waiter 0 woken for it
             pool.release(second)  # waiter 0 passed over enough: handed this one directly
-        for t in threads:
-            t.join(timeout=30)
-        assert sorted(served, key=lambda s: s[0]) == [(0, second), (1, first)]
+        assert served_count(served, 2)
+        assert sorted(served) == [(0, second), (1, first)]
         assert pool.stats().timeouts == 0
 
 
