@@ -208,8 +208,16 @@ def web_targets(web: dict[str, Any], cpu: dict[str, Any] | None) -> list[Target]
             text = f"{name}: throughput at least {floor:g}x {label} at every concurrency"
             if not all(per_level):
                 return Target(text, False, "no balanced pair of runs at some concurrency")
-            worst = min(median(ratios) for ratios in per_level)
-            measured = f"lowest median ratio {worst:.3f}x"
+            medians = [median(ratios) for ratios in per_level]
+            worst = min(medians)
+            # Every level's median, and the single rounds' range: how far one round can
+            # stray from the median tells whether a miss is larger than the noise.
+            rounds = [ratio for ratios in per_level for ratio in ratios]
+            measured = (
+                f"median ratio {' / '.join(f'{m:.2f}x' for m in medians)} at "
+                f"{' / '.join(str(c) for c in concurrencies)} clients (lowest {worst:.3f}x); "
+                f"single rounds {min(rounds):.2f}x-{max(rounds):.2f}x"
+            )
             # The same comparison in CPU time per request without HTTP: theirs over ours, so
             # that, like the throughput ratio, above 1 is in django_dbpool's favour.
             by_cpu = paired(cpu_rows, other, "dbpool", "cpu_us", operator.truediv)
