@@ -75,12 +75,15 @@ bench: system-deps $(STAMP)
 	$(PY) tests/dbservers.py --postgres --mysql -- sh -c '\
 		$(PY) benchmarks/django_cycle.py && $(PY) benchmarks/request_cpu.py && \
 		$(PY) benchmarks/web.py load jitter'
+	$(PY) benchmarks/pool_cycle.py
 	$(PY) benchmarks/report.py
 
-## bench-pool: the pool's own overhead against psycopg_pool and SQLAlchemy (no server needed).
+## bench-pool: the pool's own overhead against psycopg_pool and SQLAlchemy (no server needed);
+## writes benchmarks/results/pool_cycle.json and the README's Overhead table.
 bench-pool: $(STAMP)
 	$(PY) -m pip install -q -r benchmarks/requirements.txt
 	$(PY) benchmarks/pool_cycle.py
+	$(PY) benchmarks/report.py
 
 ## bench-tagging: per-statement cost of query comments, tagging off and on (no server needed).
 bench-tagging: $(STAMP)

@@ -10,13 +10,18 @@ scenarios:
   (throughput, and fairness as the ratio of the most to the least completions of a thread).
 
 Runs alternate between pools (A B C A B C ...) so that machine noise hits all of them alike;
-each figure is the median of the runs. Prints a markdown table. Takes about a minute.
+each figure is the median of the runs. Prints a markdown table and writes every run to
+``results/pool_cycle.json``, from which ``report.py`` writes the README's table. Takes about
+a minute.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
+import platform
 import statistics
 import sys
 import threading
@@ -26,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 # (acquire, release) for one pool
 Ops = tuple[Callable[[], Any], Callable[[Any], None]]
@@ -169,6 +176,44 @@ def run_contended(
     return sum(done) / elapsed, done
 
 
+def write_results(
+    args: argparse.Namespace,
+    threads: int,
+    shared: int,
+    single: dict[str, list[float]],
+    throughput: dict[str, list[float]],
+    fairness: dict[str, list[float]],
+) -> None:
+    from importlib.metadata import version
+
+    data = {
+        "environment": {
+            "date": time.strftime("%Y-%m-%d"),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "psycopg_pool": version("psycopg-pool"),
+            "sqlalchemy": version("sqlalchemy"),
+            "rounds": args.rounds,
+            "cycles": args.cycles,
+            "duration": args.duration,
+            "threads": threads,
+            "shared": shared,
+        },
+        "rows": {
+            name: {
+                "single_s": single[name],
+                "rate": throughput[name],
+                # inf (a thread completed nothing) is not JSON: None stands for it.
+                "fairness": [f if f != float("inf") else None for f in fairness[name]],
+            }
+            for name in POOLS
+        },
+    }
+    path = RESULTS / "pool_cycle.json"
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {path.relative_to(RESULTS.parents[1])}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="runs per pool and scenario")
@@ -198,6 +243,7 @@ def main() -> None:
             fairness[name].append(max(counts) / min(counts) if min(counts) else float("inf"))
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
 
+    write_results(args, threads, shared, single, throughput, fairness)
     us = {name: statistics.median(v) * 1e6 for name, v in single.items()}
     rate = {name: statistics.median(v) for name, v in throughput.items()}
     fair = {name: statistics.median(v) for name, v in fairness.items()}

@@ -1,12 +1,14 @@
 """The benchmark report: ``results/report.md``, ``results/web.png`` and the README's section.
 
-Reads what ``django_cycle.py``, ``request_cpu.py`` and ``web.py`` wrote
+Reads what ``django_cycle.py``, ``request_cpu.py``, ``web.py`` and ``pool_cycle.py`` wrote
 (``results/*.json``), takes medians over rounds (spread: the lowest and highest round),
 checks the targets, and writes
 
 - ``results/report.md``: every table, and each target with PASS or MISS;
 - ``results/web.png``: requests per second by contender and concurrency;
-- the part of ``README.rst`` between ``.. benchmark-report-start`` and ``-end``.
+- the part of ``README.rst`` between ``.. benchmark-report-start`` and ``-end``, and the
+  pool's own overhead (``pool_cycle.py``, ``results/pool_cycle.json``) between
+  ``.. pool-cycle-start`` and ``-end``.
 
 ``python benchmarks/report.py --check`` only compares the README with the committed results
 and fails if they differ (the test suite runs it): the README's numbers are never typed.
@@ -28,6 +30,8 @@ RESULTS = HERE / "results"
 README = HERE.parent / "README.rst"
 START = ".. benchmark-report-start"
 END = ".. benchmark-report-end"
+POOL_START = ".. pool-cycle-start"
+POOL_END = ".. pool-cycle-end"
 
 VENDORS = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
 NAMES = {
@@ -317,6 +321,48 @@ def cycle_targets(cycle: dict[str, Any]) -> list[Target]:
     return targets
 
 
+def pool_cycle_table(data: dict[str, Any]) -> Table:
+    env, rows = data["environment"], data["rows"]
+    ours = rows["django_dbpool"]
+    table_rows = []
+    for name, row in rows.items():
+        # Time per cycle single-threaded (lower is better); throughput contended (higher is).
+        single = (
+            ""
+            if name == "django_dbpool"
+            else f"{median(ours['single_s']) / median(row['single_s']):.2f}x time"
+        )
+        rate = (
+            ""
+            if name == "django_dbpool"
+            else f"{median(ours['rate']) / median(row['rate']):.2f}x throughput"
+        )
+        fair = [f for f in row["fairness"] if f is not None]
+        table_rows.append(
+            [
+                name,
+                spread([s * 1e6 for s in row["single_s"]], "{:.2f}"),
+                single,
+                spread(row["rate"]),
+                rate,
+                f"{median(fair):.2f}" if len(fair) == len(row["fairness"]) else "a thread starved",
+            ]
+        )
+    return Table(
+        f"Acquire + release of a no-op connection, Python {env['python']}, {env['cpus']} CPUs, "
+        f"{env['date']}; medians of {env['rounds']} alternating runs (min-max)",
+        [
+            "pool",
+            "µs per cycle, 1 thread",
+            "django_dbpool vs it, 1 thread",
+            f"cycles/s, {env['threads']} threads on {env['shared']} connections",
+            f"django_dbpool vs it, {env['threads']} threads",
+            "per-thread max/min",
+        ],
+        table_rows,
+    )
+
+
 def jitter_table(jitter: dict[str, Any]) -> Table:
     rows = jitter["rows"]
     mean, half = jitter["jitter_ms"]
@@ -451,7 +497,9 @@ def describe(
     return text
 
 
-def sections(render: Callable[[Table], str], image: str | None) -> str:
+def sections(render: Callable[[Table], str], image: str | None, *, pool: bool = False) -> str:
+    """Every table; with ``pool``, the pool's own overhead too (the README shows that one in
+    a section of its own, Overhead)."""
     web, cycle, jitter = load("web.json"), load("cycle.json"), load("jitter.json")
     cpu = load("request_cpu.json")
     targets = (web_targets(web, cpu) if web else []) + (cycle_targets(cycle) if cycle else [])
@@ -468,6 +516,9 @@ def sections(render: Callable[[Table], str], image: str | None) -> str:
         out += [render(cycle_table(cycle)), ""]
     if jitter:
         out += [render(jitter_table(jitter)), ""]
+    pool_cycle = load("pool_cycle.json") if pool else None
+    if pool_cycle:
+        out += [render(pool_cycle_table(pool_cycle)), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -476,6 +527,13 @@ def readme_section() -> str:
         Table.rst,
         ".. image:: benchmarks/results/web.png\n   :alt: requests per second by contender",
     )
+
+
+def pool_section() -> str:
+    pool = load("pool_cycle.json")
+    if not pool:
+        return "No results yet: run ``make bench-pool``.\n"
+    return pool_cycle_table(pool).rst()
 
 
 def replace_section(text: str, start: str, end: str, body: str) -> str:
@@ -532,10 +590,11 @@ def chart(web: dict[str, Any], path: Path) -> None:
 def main(argv: list[str]) -> int:
     readme = README.read_text()
     updated = replace_section(readme, START, END, readme_section())
+    updated = replace_section(updated, POOL_START, POOL_END, pool_section())
     if "--check" in argv:
         if updated != readme:
             print(
-                "README.rst's benchmark section differs from benchmarks/results: "
+                "README.rst's benchmark sections differ from benchmarks/results: "
                 "run `python benchmarks/report.py`",
                 file=sys.stderr,
             )
@@ -543,12 +602,12 @@ def main(argv: list[str]) -> int:
         return 0
     web = load("web.json")
     (RESULTS / "report.md").write_text(
-        "# Benchmarks\n\n" + sections(Table.markdown, "![requests per second](web.png)")
+        "# Benchmarks\n\n" + sections(Table.markdown, "![requests per second](web.png)", pool=True)
     )
     if web:
         chart(web, RESULTS / "web.png")
     README.write_text(updated)
-    print("wrote benchmarks/results/report.md, web.png and README.rst's benchmark section")
+    print("wrote benchmarks/results/report.md, web.png and README.rst's benchmark sections")
     return 0
 
 

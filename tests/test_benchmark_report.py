@@ -1,5 +1,6 @@
-"""The README's benchmark section and fault table are what benchmarks/report.py and
-tests/faults/report.py render from the committed results: no number is typed by hand."""
+"""The README's benchmark sections (the report and the pool's overhead) and fault table are
+what benchmarks/report.py and tests/faults/report.py render from the committed results: no
+number is typed by hand."""
 
 from __future__ import annotations
 
