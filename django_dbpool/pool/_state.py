@@ -120,11 +120,12 @@ class PoolState(Generic[C]):
         waiter.wake()
 
     def _serve_oldest_locked(self, slot: Slot[C], now: float) -> None:
-        # Direct hand-off to the oldest waiter. If a connection is idle too (the waiter had
-        # been woken to take it and was served this way first), the next waiter is woken for it.
-        self._give(self._waiters.popleft(), slot, now)
-        if self._idle and self._waiters:
-            self._waiters[0].wake()
+        # Direct hand-off to the oldest waiter, who leaves the queue like any other: if a
+        # connection is idle too (the waiter had been woken to take it and was served this
+        # way first), the next waiter is woken for it.
+        waiter = self._waiters[0]
+        self._give(waiter, slot, now)
+        self._leave_locked(waiter)
 
     def _leave_locked(self, waiter: Waiter[C]) -> None:
         # A waiter leaves the queue (served from idle, timed out or interrupted). If a
