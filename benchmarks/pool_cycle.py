@@ -10,9 +10,9 @@ scenarios:
   (throughput, and fairness as the ratio of the most to the least completions of a thread).
 
 Runs alternate between pools (A B C A B C ...) so that machine noise hits all of them alike;
-each figure is the median of the runs. Prints a markdown table and writes every run to
-``results/pool_cycle.json``, from which ``report.py`` writes the README's table. Takes about
-a minute.
+each figure is the median of the runs (spread: the lowest and highest run). Writes every run
+to ``results/pool_cycle.json`` and prints the table ``report.py`` writes from it into the
+README. Takes about a minute.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import gc
 import json
 import os
 import platform
-import statistics
 import sys
 import threading
 import time
@@ -30,9 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from report import RESULTS, pool_cycle_table
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # (acquire, release) for one pool
 Ops = tuple[Callable[[], Any], Callable[[Any], None]]
@@ -183,7 +182,7 @@ def write_results(
     single: dict[str, list[float]],
     throughput: dict[str, list[float]],
     fairness: dict[str, list[float]],
-) -> None:
+) -> dict[str, Any]:
     from importlib.metadata import version
 
     data = {
@@ -212,6 +211,7 @@ def write_results(
     path = RESULTS / "pool_cycle.json"
     path.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {path.relative_to(RESULTS.parents[1])}", file=sys.stderr)
+    return data
 
 
 def main() -> None:
@@ -243,35 +243,9 @@ def main() -> None:
             fairness[name].append(max(counts) / min(counts) if min(counts) else float("inf"))
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
 
-    write_results(args, threads, shared, single, throughput, fairness)
-    us = {name: statistics.median(v) * 1e6 for name, v in single.items()}
-    rate = {name: statistics.median(v) for name, v in throughput.items()}
-    fair = {name: statistics.median(v) for name, v in fairness.items()}
-    others = [name for name in POOLS if name != "django_dbpool"]
-
-    print(
-        f"\nPython {sys.version.split()[0]}, medians of {args.rounds} alternating runs; "
-        f"no-op connections, no I/O.\n"
-    )
-    header = "| scenario | pool | µs per cycle | cycles/s | "
-    header += " | ".join(f"django_dbpool vs {o}" for o in others) + " | per-thread max/min |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
-    for name in POOLS:
-        ratios = " | ".join(
-            f"{us['django_dbpool'] / us[o]:.2f}x time" if name == "django_dbpool" else ""
-            for o in others
-        )
-        print(f"| 1 thread | {name} | {us[name]:.2f} | {1e6 / us[name]:,.0f} | {ratios} | |")
-    for name in POOLS:
-        ratios = " | ".join(
-            f"{rate['django_dbpool'] / rate[o]:.2f}x throughput" if name == "django_dbpool" else ""
-            for o in others
-        )
-        print(
-            f"| {threads} threads / {shared} conns | {name} | {1e6 / rate[name]:.2f} | "
-            f"{rate[name]:,.0f} | {ratios} | {fair[name]:.2f} |"
-        )
+    data = write_results(args, threads, shared, single, throughput, fairness)
+    # The table report.py writes into the README, as markdown.
+    print("\n" + pool_cycle_table(data).markdown())
 
 
 if __name__ == "__main__":
