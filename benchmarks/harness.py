@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -236,6 +237,26 @@ class ServerCounters:
         return int(self._query("SHOW GLOBAL STATUS LIKE 'Questions'")[0][1])
 
 
+#: Clock ticks per second, the unit of /proc's CPU times.
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> dict[str, int]:
+    """The whole machine's CPU time so far, in clock ticks: ``busy`` (every process and the
+    kernel: the workers, the database server, wrk), ``idle`` (with I/O wait) and ``steal``
+    (taken by the host for other guests); and ``switches``, its context switches so far."""
+    lines = Path("/proc/stat").read_text().splitlines()
+    fields = [int(v) for v in lines[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    (switches,) = (int(line.split()[1]) for line in lines if line.startswith("ctxt "))
+    return {
+        "busy": user + nice + system + irq + softirq,
+        "idle": idle + iowait,
+        "steal": steal,
+        "switches": switches,
+    }
+
+
 @dataclass
 class Site:
     base: str
@@ -252,6 +273,18 @@ class Site:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             ticks.append(int(fields[11]) + int(fields[12]))
         return ticks
+
+    def workers_switches(self) -> int:
+        """Context switches of every thread of the workers so far, voluntary (a thread
+        that blocks: on I/O, a lock, the GIL) and not (preempted)."""
+        total = 0
+        for pid in self.worker_pids():
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    for line in (task / "status").read_text().splitlines():
+                        if "ctxt_switches:" in line:
+                            total += int(line.split()[1])
+        return total
 
     def workers_rss(self) -> int:
         """Resident memory of the workers, in bytes."""

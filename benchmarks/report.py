@@ -189,6 +189,53 @@ def web_tables(web: dict[str, Any]) -> list[Table]:
     return tables
 
 
+def web_cpu_table(web: dict[str, Any]) -> Table | None:
+    """Where the machine's CPU time went during the HTTP measurements: per request, the
+    gunicorn workers' and the whole machine's (workers, database server, wrk), and the
+    shares left idle and taken by the host. None for a run that did not record them."""
+    table_rows = []
+    for vendor, data in web["databases"].items():
+        timed = [row for row in balanced(web, data["rows"]) if "machine_cpu_us" in row]
+        contenders = list(dict.fromkeys(row["contender"] for row in timed))
+        for concurrency in sorted({row["concurrency"] for row in timed}):
+            at = by(timed, concurrency=concurrency)
+            for contender in contenders:
+                cell = by(at, contender=contender)
+                if not cell:
+                    continue
+                ratio = paired(at, contender, "persistent", "machine_cpu_us", operator.truediv)
+                table_rows.append(
+                    [
+                        VENDORS[vendor],
+                        str(concurrency),
+                        NAMES[contender],
+                        spread([r["machine_cpu_us"] for r in cell]),
+                        spread([r["workers_cpu_us"] for r in cell]),
+                        f"{median([r['workers_switches'] for r in cell]):.1f}",
+                        f"{median([r['idle_share'] for r in cell]):.1%}",
+                        f"{median([r['steal_share'] for r in cell]):.1%}",
+                        spread(ratio, "{:.2f}x") if contender != "persistent" and ratio else "",
+                    ]
+                )
+    if not table_rows:
+        return None
+    return Table(
+        "CPU time per request over HTTP, during the same measurements",
+        [
+            "database",
+            "clients",
+            "contender",
+            "µs machine CPU per request (min-max)",
+            "µs gunicorn workers' CPU per request (min-max)",
+            "workers' context switches per request",
+            "machine idle",
+            "stolen by the host",
+            "machine CPU vs persistent, same round (min-max)",
+        ],
+        table_rows,
+    )
+
+
 def web_targets(web: dict[str, Any], cpu: dict[str, Any] | None) -> list[Target]:
     targets = []
     for vendor, data in web["databases"].items():
@@ -484,6 +531,13 @@ def describe(
                 "uncounted pass of the same size"
             )
     text = "; ".join(parts) + "."
+    if web and any("machine_cpu_us" in row for d in web["databases"].values() for row in d["rows"]):
+        text += (
+            " CPU time over HTTP: read from ``/proc`` around each measurement, the gunicorn "
+            "workers' own and the whole machine's busy time (workers, database server and "
+            "wrk), per request answered; with 2 CPUs busy nearly all the time, requests/s is "
+            "close to the CPUs busy over the machine's CPU time per request."
+        )
     if cpu:
         e = cpu["environment"]
         text += (
@@ -510,6 +564,9 @@ def sections(render: Callable[[Table], str], image: str | None, *, pool: bool = 
         out += [render(targets_table(targets)), ""]
     for table in web_tables(web) if web else []:
         out += [render(table), ""]
+    web_cpu = web_cpu_table(web) if web else None
+    if web_cpu:
+        out += [render(web_cpu), ""]
     if cpu:
         out += [render(request_cpu_table(cpu)), ""]
     if cycle:

@@ -102,13 +102,45 @@ def wrk_figures(summary: dict[str, int], connects: int) -> dict[str, Any]:
     }
 
 
-def with_worker_share(site: harness.Site, run: Callable[[], T]) -> tuple[T, float]:
-    """What ``run()`` returns, and the smallest share of the workers' CPU time that one
-    gunicorn worker used while it ran."""
-    before = site.workers_cpu()
+def with_cpu(site: harness.Site, run: Callable[[], T]) -> tuple[T, float, dict[str, float]]:
+    """What ``run()`` returns; the smallest share of the workers' CPU time that one gunicorn
+    worker used while it ran; and what the machine did meanwhile: the workers' CPU time, the
+    whole machine's busy, idle and stolen time (seconds), and the workers' and the whole
+    machine's context switches."""
+    workers, machine = site.workers_cpu(), harness.machine_cpu()
+    switches = site.workers_switches()
     result = run()
-    cpu = [a - b for a, b in zip(site.workers_cpu(), before, strict=True)]
-    return result, min(cpu) / max(1, sum(cpu))
+    switches = site.workers_switches() - switches
+    cpu = [a - b for a, b in zip(site.workers_cpu(), workers, strict=True)]
+    spent = {key: value - machine[key] for key, value in harness.machine_cpu().items()}
+    share = min(cpu) / max(1, sum(cpu))
+    return (
+        result,
+        share,
+        {
+            "workers": sum(cpu) / harness.TICKS,
+            "busy": spent["busy"] / harness.TICKS,
+            "idle": spent["idle"] / harness.TICKS,
+            "steal": spent["steal"] / harness.TICKS,
+            "workers_switches": switches,
+            "switches": spent["switches"],
+        },
+    )
+
+
+def cpu_figures(cpu: dict[str, float], requests: int) -> dict[str, float]:
+    """Per request: the CPU time (µs) of the workers and of the whole machine, and their
+    context switches; the shares of the machine's time left idle and stolen by the host."""
+    total = cpu["busy"] + cpu["idle"] + cpu["steal"]
+    per_request = max(1, requests)
+    return {
+        "workers_cpu_us": cpu["workers"] * 1e6 / per_request,
+        "machine_cpu_us": cpu["busy"] * 1e6 / per_request,
+        "idle_share": cpu["idle"] / total if total else 0.0,
+        "steal_share": cpu["steal"] / total if total else 0.0,
+        "workers_switches": cpu["workers_switches"] / per_request,
+        "machine_switches": cpu["switches"] / per_request,
+    }
 
 
 def measure_load(
@@ -130,7 +162,7 @@ def measure_load(
         counters.settle()
         connects_before = counters.connects()
         counters.start_sampling()
-        main, share = with_worker_share(
+        main, share, cpu = with_cpu(
             site, lambda: harness.wrk(site.base, "/item", concurrency, SECONDS)
         )
         peak = max(peak, counters.stop_sampling())
@@ -154,6 +186,7 @@ def measure_load(
         "round": rnd,
         "concurrency": concurrency,
         **wrk_figures(main, connects),
+        **cpu_figures(cpu, main["requests"]),
         "errors": errors,
         "peak_connections": peak,
         "statements_per_request": statements / exact,
@@ -164,7 +197,9 @@ def measure_load(
         f"  {contender:>14} c={concurrency:<3} {row['rps']:8.0f} rps"
         f"  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}"
         f"  peak {peak}  stmts/req {row['statements_per_request']:.3f}"
-        f"  reuse {row['reuse']:.5f}  worker share {share:.2f}",
+        f"  reuse {row['reuse']:.5f}  worker share {share:.2f}"
+        f"  CPU/req {row['machine_cpu_us']:.0f} us  idle {row['idle_share']:.0%}"
+        f"  switches/req {row['workers_switches']:.1f}",
         flush=True,
     )
     return row
@@ -217,15 +252,15 @@ def measure_jitter(
             # and their memory would count as the requests'.
             errors = 0
 
-            def run(seconds: float) -> tuple[dict[str, int], float]:
-                return with_worker_share(
+            def run(seconds: float) -> tuple[dict[str, int], float, dict[str, float]]:
+                return with_cpu(
                     site, lambda: harness.wrk(site.base, "/item", JITTER_CONCURRENCY, seconds)
                 )
 
             warm_attempts = 0
             while True:
                 warm_attempts += 1
-                warm, warm_share = run(WARMUP)
+                warm, warm_share, _ = run(WARMUP)
                 errors += wrk_errors(warm)
                 if warm_share >= MIN_WORKER_SHARE or warm_attempts == BALANCE_ATTEMPTS:
                     break
@@ -234,7 +269,7 @@ def measure_jitter(
                 attempts += 1
                 rss_before = site.workers_rss()
                 connects_before = proxy.connections
-                main, share = run(SECONDS)
+                main, share, cpu = run(SECONDS)
                 rss_after = site.workers_rss()
                 connects = proxy.connections - connects_before
                 errors += wrk_errors(main)
@@ -245,6 +280,7 @@ def measure_jitter(
         "contender": contender,
         "round": rnd,
         **wrk_figures(main, connects),
+        **cpu_figures(cpu, main["requests"]),
         "errors": errors,
         "rss_mib": rss_after / 2**20,
         "rss_growth_kib_per_1000": (rss_after - rss_before) / 1024 / (main["requests"] / 1000),
