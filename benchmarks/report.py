@@ -531,12 +531,19 @@ def describe(
                 "uncounted pass of the same size"
             )
     text = "; ".join(parts) + "."
-    if web and any("machine_cpu_us" in row for d in web["databases"].values() for row in d["rows"]):
+    idle = [
+        row["idle_share"]
+        for d in (web or {}).get("databases", {}).values()
+        for row in balanced(web or {}, d["rows"])
+        if "idle_share" in row
+    ]
+    if idle:
         text += (
             " CPU time over HTTP: read from ``/proc`` around each measurement, the gunicorn "
             "workers' own and the whole machine's busy time (workers, database server and "
-            "wrk), per request answered; with 2 CPUs busy nearly all the time, requests/s is "
-            "close to the CPUs busy over the machine's CPU time per request."
+            "wrk), per request answered. The machine was busy "
+            f"{1 - max(idle):.0%}-{1 - min(idle):.0%} of the time (median "
+            f"{1 - median(idle):.0%}), so requests/s follow the machine's CPU time per request."
         )
     if cpu:
         e = cpu["environment"]

@@ -102,44 +102,33 @@ def wrk_figures(summary: dict[str, int], connects: int) -> dict[str, Any]:
     }
 
 
-def with_cpu(site: harness.Site, run: Callable[[], T]) -> tuple[T, float, dict[str, float]]:
+def with_cpu(site: harness.Site, run: Callable[[], T]) -> tuple[T, float, dict[str, int]]:
     """What ``run()`` returns; the smallest share of the workers' CPU time that one gunicorn
-    worker used while it ran; and what the machine did meanwhile: the workers' CPU time, the
-    whole machine's busy, idle and stolen time (seconds), and the workers' and the whole
-    machine's context switches."""
-    workers, machine = site.workers_cpu(), harness.machine_cpu()
-    switches = site.workers_switches()
+    worker used while it ran; and what was used meanwhile (see :func:`cpu_figures`): the
+    workers' CPU time and the whole machine's busy, idle and stolen time in clock ticks, the
+    workers' and the machine's context switches."""
+    workers, machine, switches = site.workers_cpu(), harness.machine_cpu(), site.workers_switches()
     result = run()
-    switches = site.workers_switches() - switches
     cpu = [a - b for a, b in zip(site.workers_cpu(), workers, strict=True)]
-    spent = {key: value - machine[key] for key, value in harness.machine_cpu().items()}
-    share = min(cpu) / max(1, sum(cpu))
-    return (
-        result,
-        share,
-        {
-            "workers": sum(cpu) / harness.TICKS,
-            "busy": spent["busy"] / harness.TICKS,
-            "idle": spent["idle"] / harness.TICKS,
-            "steal": spent["steal"] / harness.TICKS,
-            "workers_switches": switches,
-            "switches": spent["switches"],
-        },
-    )
+    used = {key: value - machine[key] for key, value in harness.machine_cpu().items()}
+    used["workers"] = sum(cpu)
+    used["workers_switches"] = site.workers_switches() - switches
+    return result, min(cpu) / max(1, sum(cpu)), used
 
 
-def cpu_figures(cpu: dict[str, float], requests: int) -> dict[str, float]:
+def cpu_figures(used: dict[str, int], requests: int) -> dict[str, float]:
     """Per request: the CPU time (µs) of the workers and of the whole machine, and their
     context switches; the shares of the machine's time left idle and stolen by the host."""
-    total = cpu["busy"] + cpu["idle"] + cpu["steal"]
-    per_request = max(1, requests)
+    requests = max(1, requests)
+    us_per_tick = 1e6 / harness.TICKS
+    total = max(1, used["busy"] + used["idle"] + used["steal"])
     return {
-        "workers_cpu_us": cpu["workers"] * 1e6 / per_request,
-        "machine_cpu_us": cpu["busy"] * 1e6 / per_request,
-        "idle_share": cpu["idle"] / total if total else 0.0,
-        "steal_share": cpu["steal"] / total if total else 0.0,
-        "workers_switches": cpu["workers_switches"] / per_request,
-        "machine_switches": cpu["switches"] / per_request,
+        "workers_cpu_us": used["workers"] * us_per_tick / requests,
+        "machine_cpu_us": used["busy"] * us_per_tick / requests,
+        "idle_share": used["idle"] / total,
+        "steal_share": used["steal"] / total,
+        "workers_switches": used["workers_switches"] / requests,
+        "machine_switches": used["switches"] / requests,
     }
 
 
@@ -252,7 +241,7 @@ def measure_jitter(
             # and their memory would count as the requests'.
             errors = 0
 
-            def run(seconds: float) -> tuple[dict[str, int], float, dict[str, float]]:
+            def run(seconds: float) -> tuple[dict[str, int], float, dict[str, int]]:
                 return with_cpu(
                     site, lambda: harness.wrk(site.base, "/item", JITTER_CONCURRENCY, seconds)
                 )

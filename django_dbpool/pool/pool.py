@@ -36,7 +36,8 @@ _getframe = sys._getframe
 #: sleep and wait for a thread switch; this bound keeps the order fair all the same. Each
 #: pass adds a connection hold time to that waiter's wait: with queries of a millisecond or
 #: more, two passes raised the p99 latency by about a fifth over strict order, one pass left
-#: it where strict order had it, and throughput was the same for both (see the benchmarks).
+#: it where strict order had it, and throughput was the same for both (measured side by
+#: side with the latency scenario and the HTTP load of benchmarks/web.py).
 MAX_PASSES = 1
 
 
