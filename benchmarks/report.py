@@ -106,6 +106,12 @@ def balanced(web: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, 
     return [row for row in rows if row.get("worker_share", 1.0) >= floor]
 
 
+def cpu_measured(web: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The balanced rows that recorded CPU time over HTTP (runs before web.py read /proc
+    did not)."""
+    return [row for row in balanced(web, rows) if "machine_cpu_us" in row]
+
+
 def paired(
     rows: list[dict[str, Any]],
     a: str,
@@ -195,7 +201,7 @@ def web_cpu_table(web: dict[str, Any]) -> Table | None:
     shares left idle and taken by the host. None for a run that did not record them."""
     table_rows = []
     for vendor, data in web["databases"].items():
-        timed = [row for row in balanced(web, data["rows"]) if "machine_cpu_us" in row]
+        timed = cpu_measured(web, data["rows"])
         contenders = list(dict.fromkeys(row["contender"] for row in timed))
         for concurrency in sorted({row["concurrency"] for row in timed}):
             at = by(timed, concurrency=concurrency)
@@ -374,16 +380,11 @@ def pool_cycle_table(data: dict[str, Any]) -> Table:
     table_rows = []
     for name, row in rows.items():
         # Time per cycle single-threaded (lower is better); throughput contended (higher is).
+        compared = row is not ours
         single = (
-            ""
-            if name == "django_dbpool"
-            else f"{median(ours['single_s']) / median(row['single_s']):.2f}x time"
+            f"{median(ours['single_s']) / median(row['single_s']):.2f}x time" if compared else ""
         )
-        rate = (
-            ""
-            if name == "django_dbpool"
-            else f"{median(ours['rate']) / median(row['rate']):.2f}x throughput"
-        )
+        rate = f"{median(ours['rate']) / median(row['rate']):.2f}x throughput" if compared else ""
         fair = [f for f in row["fairness"] if f is not None]
         table_rows.append(
             [
@@ -531,12 +532,12 @@ def describe(
                 "uncounted pass of the same size"
             )
     text = "; ".join(parts) + "."
-    idle = [
-        row["idle_share"]
-        for d in (web or {}).get("databases", {}).values()
-        for row in balanced(web or {}, d["rows"])
-        if "idle_share" in row
-    ]
+    measured = (
+        [row for d in web["databases"].values() for row in cpu_measured(web, d["rows"])]
+        if web
+        else []
+    )
+    idle = [row["idle_share"] for row in measured]
     if idle:
         text += (
             " CPU time over HTTP: read from ``/proc`` around each measurement, the gunicorn "
