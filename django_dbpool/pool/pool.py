@@ -93,8 +93,20 @@ class Pool(Maintenance[C]):
             holder = self._full_holder(caller)
         with self._lock:
             # Fast path. Closing empties _idle, so no closed check is needed here.
-            if self._idle:
-                slot = self._idle.pop()
+            idle = self._idle
+            if idle:
+                # Thread affinity: the connection this thread returned last, if it is idle and
+                # needs no probe; otherwise the most recently used one. See _affinity.
+                slot = getattr(self._affinity, "slot", None)
+                if (
+                    slot is None
+                    or slot is idle[-1]
+                    or now - slot.last_ok >= self._validate_after
+                    or slot not in idle
+                ):
+                    slot = idle.pop()
+                else:
+                    idle.remove(slot)
                 if now - slot.last_ok < self._validate_after and now < slot.expires:
                     slot.acquired_at = now
                     slot.holder = holder
@@ -144,6 +156,7 @@ class Pool(Maintenance[C]):
                     waiters = self._waiters
                     if not waiters:
                         self._idle.append(slot)
+                        self._affinity.slot = slot
                     elif waiters[0].passed >= MAX_PASSES:
                         self._serve_oldest_locked(slot, now)
                     else:
@@ -152,6 +165,7 @@ class Pool(Maintenance[C]):
                         oldest = waiters[0]
                         oldest.passed += 1
                         self._idle.append(slot)
+                        self._affinity.slot = slot
                         oldest.wake()
                     return
                 if self._closed:

@@ -1,7 +1,10 @@
-"""Behaviour 4: idle connections are reused most-recently-used first, so surplus ages out.
+"""Behaviour 4: idle connections are reused most-recently-used first, so surplus ages out;
+a thread gets back the connection it returned last while that one is idle and fresh.
 Also MAX_LIFETIME (never while checked out) and the MIN_SIZE refill."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -22,6 +25,56 @@ def test_idle_connections_are_handed_out_most_recently_used_first():
         pool.release(c)
         assert pool.acquire() is c
         pool.release(c)
+
+
+def test_a_thread_gets_back_the_idle_connection_it_returned_last():
+    pool, _ = make_pool(MAX_SIZE=3)
+    # `other` runs everything on one thread of its own, as a server's thread would.
+    with closing(pool), ThreadPoolExecutor(1) as other:
+        mine = pool.acquire(timeout=10)
+        theirs = other.submit(pool.acquire, timeout=10).result()
+        pool.release(mine)
+        other.submit(pool.release, theirs).result()  # theirs is the most recently used
+        assert pool.acquire() is mine
+        assert other.submit(pool.acquire).result() is theirs
+        pool.release(mine)
+        other.submit(pool.release, theirs).result()
+
+
+def test_a_thread_whose_connection_is_out_gets_the_most_recently_used():
+    pool, _ = make_pool(MAX_SIZE=3)
+    with closing(pool), ThreadPoolExecutor(1) as other:
+        _a, b, c = warm(pool, 3)  # this thread returned c last
+        assert other.submit(pool.acquire).result() is c  # no connection of its own yet
+        assert pool.acquire() is b
+        pool.release(b)
+        other.submit(pool.release, c).result()
+        assert pool.acquire() is b  # its own again, not the most recently used c
+        assert other.submit(pool.acquire).result() is c
+        pool.release(b)
+        other.submit(pool.release, c).result()
+
+
+def test_under_light_load_threads_share_the_most_recently_used_and_the_rest_ages_out():
+    # A thread back after longer than VALIDATE_AFTER gets the most recently used connection,
+    # not its own: light load concentrates on one connection.
+    clock = FakeClock()
+    pool, _ = make_pool(clock=clock, MAX_SIZE=2, VALIDATE_AFTER=1, MAX_IDLE=60, KEEPALIVE=0)
+    with closing(pool), ThreadPoolExecutor(1) as other:
+        mine = pool.acquire(timeout=10)
+        theirs = other.submit(pool.acquire, timeout=10).result()
+        pool.release(mine)
+        other.submit(pool.release, theirs).result()
+        for _ in range(4):
+            for run in (lambda f: f(), lambda f: other.submit(f).result()):
+                clock.advance(10)
+                conn = run(pool.acquire)
+                assert conn is theirs
+                run(lambda conn=conn: pool.release(conn))
+        pool._housekeep()
+        assert mine.closed
+        assert not theirs.closed
+        assert pool.stats().closed["idle"] == 1
 
 
 def test_release_of_a_connection_not_checked_out_is_an_error():
