@@ -68,17 +68,6 @@ class PoolState(Generic[C]):
         self._drained = threading.Condition(self._lock)  # a checked-out slot left after close
         self._random = random.Random()  # not shared with a parent process
         self._idle: deque[Slot[C]] = deque()  # right end = most recently used
-        # Per thread: the slot it last returned to _idle. A checkout takes that one back while
-        # it is idle and needs no probe, so that each of a server's threads keeps to one
-        # session, as with persistent connections. Handing connections from thread to thread
-        # made gunicorn's threads block about twice as often per request as persistent
-        # connections; with this, as often (benchmarks/web.py with MAX_SIZE equal to the
-        # threads, 8 rounds on each database; median requests/s 1.00x to 1.15x). A
-        # thread that has not been back within VALIDATE_AFTER gets the most recently used
-        # one, so light load still concentrates on few connections and the surplus ages out.
-        # A thread may keep a closed slot here until its next checkout: never in _idle, so
-        # never handed out.
-        self._affinity = threading.local()
         self._out: dict[int, Slot[C]] = {}  # id(conn) -> slot, for checked-out connections
         self._all: set[Slot[C]] = set()  # every open connection, for the fork hand-over
         self._waiters: deque[Waiter[C]] = deque()

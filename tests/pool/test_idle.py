@@ -55,6 +55,20 @@ def test_a_thread_whose_connection_is_out_gets_the_most_recently_used():
         other.submit(pool.release, c).result()
 
 
+def test_a_thread_whose_own_connection_is_suspect_gets_the_most_recently_used_unprobed():
+    pool, _ = make_pool(MAX_SIZE=3)
+    with closing(pool), ThreadPoolExecutor(1) as other:
+        _a, b, c = warm(pool, 3)  # opened in this order, all returned by this thread
+        assert other.submit(pool.acquire).result() is c
+        assert pool.acquire() is b
+        pool.release(b, broken=True)  # every idle connection as old as b is suspect: a
+        other.submit(pool.release, c).result()
+        validations = pool.stats().validations
+        assert pool.acquire() is c  # not this thread's own a, which needs a probe first
+        assert pool.stats().validations == validations
+        pool.release(c)
+
+
 def test_under_light_load_threads_share_the_most_recently_used_and_the_rest_ages_out():
     # A thread back after longer than VALIDATE_AFTER gets the most recently used connection,
     # not its own: light load concentrates on one connection.
