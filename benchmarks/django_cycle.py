@@ -8,6 +8,9 @@ and closes it at the end. Each pooled ENGINE is measured on a real server, with 
   over the fewest cycles completed by one thread.
 
 Runs alternate between contenders (A B C A B C ...); figures are medians over the rounds.
+Environment: ``BENCH_ROUNDS`` (7), ``BENCH_CYCLES`` (20000 single-thread cycles per
+measurement: about a fifth of a second for a pool, long enough that a burst of noise on a
+shared machine does not decide the median), ``BENCH_CYCLE_SECONDS`` (2, per contended run).
 Run by ``make bench``; by hand: ``python tests/dbservers.py -- python benchmarks/django_cycle.py``.
 Writes ``results/cycle.json``.
 """
@@ -33,8 +36,8 @@ from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR  # noqa: E402
 
 POOL_SIZE = 4
 THREADS = 16
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-CYCLES = int(os.environ.get("BENCH_CYCLES", "5000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+CYCLES = int(os.environ.get("BENCH_CYCLES", "20000"))
 SECONDS = float(os.environ.get("BENCH_CYCLE_SECONDS", "2"))
 WARMUP = 0.5
 
