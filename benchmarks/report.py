@@ -37,6 +37,7 @@ VENDORS = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
 NAMES = {
     "connect": "connect per request",
     "persistent": "persistent (CONN_MAX_AGE=None)",
+    "persistent_aa": "persistent again, a second identical site (A/A)",
     "native": "Django's native pool",
     "dbcp": "django-db-connection-pool",
     "dbpool": "django_dbpool",
@@ -47,6 +48,7 @@ WORKERS = 2
 COLOURS = {
     "connect": "tab:gray",
     "persistent": "tab:orange",
+    "persistent_aa": "tab:brown",
     "native": "tab:green",
     "dbcp": "tab:red",
     "dbpool": "tab:blue",
@@ -98,6 +100,13 @@ def by(rows: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
     return [row for row in rows if all(row[key] == value for key, value in match.items())]
 
 
+def contenders_of(rows: list[dict[str, Any]]) -> list[str]:
+    """The contenders in ``rows``, in the order of :data:`NAMES` (the order tables and
+    charts show them in; the order they ran in is ``web.py``'s)."""
+    present = {row["contender"] for row in rows}
+    return [name for name in NAMES if name in present]
+
+
 def balanced(web: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows whose throughput counts: both gunicorn workers served. A measurement still
     unbalanced after every attempt (see ``web.py``) measured one worker, whatever the
@@ -144,7 +153,7 @@ def web_tables(web: dict[str, Any]) -> list[Table]:
     for vendor, data in web["databases"].items():
         rows = data["rows"]
         timed = balanced(web, rows)
-        contenders = list(dict.fromkeys(row["contender"] for row in rows))
+        contenders = contenders_of(rows)
         table_rows = []
         for concurrency in sorted({row["concurrency"] for row in rows}):
             for contender in contenders:
@@ -202,7 +211,7 @@ def web_cpu_table(web: dict[str, Any]) -> Table | None:
     table_rows = []
     for vendor, data in web["databases"].items():
         timed = cpu_measured(web, data["rows"])
-        contenders = list(dict.fromkeys(row["contender"] for row in timed))
+        contenders = contenders_of(timed)
         for concurrency in sorted({row["concurrency"] for row in timed}):
             at = by(timed, concurrency=concurrency)
             for contender in contenders:
@@ -242,6 +251,38 @@ def web_cpu_table(web: dict[str, Any]) -> Table | None:
     )
 
 
+def aa_comparison(
+    timed: list[dict[str, Any]], concurrencies: list[int], medians: list[float], floor: float
+) -> str:
+    """The A/A pair beside a throughput target: a second persistent site over the first,
+    round by round, at each concurrency; and, where the target's median misses ``floor``,
+    whether the shortfall is larger than the A/A median's distance from 1 there, which is
+    what two identical sites came apart by. Empty for a run without the A/A site."""
+    per_level = [paired_ratios(timed, "persistent_aa", "persistent", c) for c in concurrencies]
+    if not all(per_level):
+        return ""
+    aa = [median(ratios) for ratios in per_level]
+    rounds = [ratio for ratios in per_level for ratio in ratios]
+    text = (
+        f"; A/A, a second persistent site over the first, same rounds: "
+        f"{' / '.join(f'{m:.2f}x' for m in aa)} (single rounds "
+        f"{min(rounds):.2f}x-{max(rounds):.2f}x)"
+    )
+    misses = []
+    for concurrency, ours, same in zip(concurrencies, medians, aa, strict=True):
+        if ours >= floor:
+            continue
+        short, apart = floor - ours, abs(same - 1)
+        verdict = "no more than" if short <= apart else "more than"
+        misses.append(
+            f"at {concurrency} clients short by {short:.2f}, {verdict} the A/A pair's "
+            f"{apart:.2f} from 1"
+        )
+    if misses:
+        text += "; " + ", ".join(misses)
+    return text
+
+
 def web_targets(web: dict[str, Any], cpu: dict[str, Any] | None) -> list[Target]:
     targets = []
     for vendor, data in web["databases"].items():
@@ -275,6 +316,7 @@ def web_targets(web: dict[str, Any], cpu: dict[str, Any] | None) -> list[Target]
                 f"{' / '.join(str(c) for c in concurrencies)} clients (lowest {worst:.3f}x); "
                 f"single rounds {min(rounds):.2f}x-{max(rounds):.2f}x"
             )
+            measured += aa_comparison(timed, concurrencies, medians, floor)
             # The same comparison in CPU time per request without HTTP: theirs over ours, so
             # that, like the throughput ratio, above 1 is in django_dbpool's favour.
             by_cpu = paired(cpu_rows, other, "dbpool", "cpu_us", operator.truediv)
@@ -415,7 +457,7 @@ def jitter_table(jitter: dict[str, Any]) -> Table:
     rows = jitter["rows"]
     mean, half = jitter["jitter_ms"]
     table_rows = []
-    for contender in dict.fromkeys(row["contender"] for row in rows):
+    for contender in contenders_of(rows):
         cell = by(rows, contender=contender)
         counted = balanced(jitter, cell)
         table_rows.append(
@@ -456,7 +498,7 @@ def request_cpu_table(data: dict[str, Any]) -> Table:
     table_rows = []
     for vendor, results in data["databases"].items():
         rows = results["rows"]
-        for contender in dict.fromkeys(row["contender"] for row in rows):
+        for contender in contenders_of(rows):
             cell = by(rows, contender=contender)
             added = paired(rows, contender, "persistent", "cpu_us", operator.sub)
             ratio = paired(rows, contender, "persistent", "cpu_us", operator.truediv)
@@ -510,6 +552,14 @@ def describe(
             f"after {e['warmup']:g} s of warm-up; pool size {e['pool_size']} per worker for "
             "every pool"
         )
+        if any(by(data["rows"], contender="persistent_aa") for data in web["databases"].values()):
+            parts.append(
+                "a second site with persistent connections, identical to the first but for its "
+                "database, takes its turn on persistent's other side, as close to it as "
+                "django_dbpool: how far apart these two come (the A/A pair) is how far apart "
+                "two runs of the same thing come on this machine, and each throughput target "
+                "sets its misses against it"
+            )
         if "min_worker_share" in e:
             repeats = sum(
                 row.get("attempts", 1) - 1
@@ -619,7 +669,7 @@ def chart(web: dict[str, Any], path: Path) -> None:
     for ax, (vendor, data) in zip(axes[0], databases.items(), strict=True):
         rows = data["rows"]
         timed = balanced(web, rows)
-        contenders = list(dict.fromkeys(row["contender"] for row in rows))
+        contenders = contenders_of(rows)
         concurrencies = sorted({row["concurrency"] for row in rows})
         width = 0.8 / len(contenders)
         for i, contender in enumerate(contenders):

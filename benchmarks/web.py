@@ -34,21 +34,37 @@ from tests.tcpproxy import tcp_proxy
 
 RESULTS = harness.HERE / "results"
 CONCURRENCY = (16, 64, 256)
+POOL_SIZE = 4
+#: The order of each round (reversed every other round). django_dbpool runs next to
+#: persistent connections and next to the other pool it is compared with; "persistent_aa"
+#: runs on persistent's other side, as close to it in time as django_dbpool is.
 CONTENDERS = {
-    "postgresql": ("connect", "persistent", "native", "dbcp", "dbpool", "dbpool_threads"),
-    "mysql": ("connect", "persistent", "dbcp", "dbpool", "dbpool_threads"),
+    "postgresql": (
+        "connect",
+        "persistent_aa",
+        "persistent",
+        "dbpool",
+        "native",
+        "dbcp",
+        "dbpool_threads",
+    ),
+    "mysql": ("connect", "persistent_aa", "persistent", "dbpool", "dbcp", "dbpool_threads"),
 }
 #: gunicorn threads per worker (benchsite/gunicorn.conf.py).
 THREADS = 8
-#: Not a contender of its own: django_dbpool with MAX_SIZE equal to the threads, so that no
-#: thread ever waits for a connection. Set against "dbpool" (MAX_SIZE 4, like every pool), it
-#: separates what the bound of 4 costs from what a checkout costs.
-DIAGNOSTIC = {"dbpool_threads": ("dbpool", THREADS)}
+#: Not contenders of their own, each a site of another contender's kind:
+#: - "dbpool_threads": django_dbpool with MAX_SIZE equal to the threads, so that no thread
+#:   ever waits for a connection. Set against "dbpool" (MAX_SIZE 4, like every pool), it
+#:   separates what the bound of 4 costs from what a checkout costs.
+#: - "persistent_aa": a second site with persistent connections, identical to the first but
+#:   for its database. Its ratio to "persistent" (an A/A comparison: no difference to find)
+#:   is how far two runs of the same thing come apart on this machine, the measurement's
+#:   resolution, which the report sets beside each throughput target.
+DIAGNOSTIC = {"dbpool_threads": ("dbpool", THREADS), "persistent_aa": ("persistent", POOL_SIZE)}
 JITTER_CONTENDERS = ("connect", "native", "dbpool")
 #: One way: mean and spread, seconds.
 JITTER = (0.001, 0.0005)
 JITTER_CONCURRENCY = 16
-POOL_SIZE = 4
 T = TypeVar("T")
 
 #: gunicorn's workers share one listening socket, and wrk opens its keep-alive connections

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,12 +35,17 @@ def test_readme_fault_table_matches_the_committed_rows() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_jitter_table_leaves_out_unbalanced_runs_but_counts_their_errors() -> None:
+def _report() -> Any:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import report
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return report
+
+
+def test_jitter_table_leaves_out_unbalanced_runs_but_counts_their_errors() -> None:
+    report = _report()
 
     def row(rnd: int, rps: float, growth: float, share: float, errors: int) -> dict[str, object]:
         return {
@@ -66,3 +72,31 @@ def test_jitter_table_leaves_out_unbalanced_runs_but_counts_their_errors() -> No
     assert cells[1] == "1,050 (1,000-1,100)"
     assert cells[4] == "2"
     assert cells[7] == "35.0"
+
+
+def test_throughput_target_sets_each_miss_against_the_a_a_pair() -> None:
+    report = _report()
+
+    def rows(contender: str, concurrency: int, rps: list[float]) -> list[dict[str, Any]]:
+        return [
+            {"contender": contender, "round": rnd, "concurrency": concurrency, "rps": value}
+            for rnd, value in enumerate(rps, 1)
+        ]
+
+    timed = [
+        *rows("persistent", 16, [1000, 1000, 1000]),
+        *rows("persistent_aa", 16, [900, 950, 1000]),
+        *rows("dbpool", 16, [940, 960, 950]),
+        *rows("persistent", 64, [1000, 1000, 1000]),
+        *rows("persistent_aa", 64, [1010, 990, 1020]),
+        *rows("dbpool", 64, [900, 850, 880]),
+    ]
+    medians = [0.95, 0.88]
+    text = report.aa_comparison(timed, [16, 64], medians, 0.97)
+    assert "same rounds: 0.95x / 1.01x (single rounds 0.90x-1.02x)" in text
+    # 0.02 short of 0.97 where the identical sites came 0.05 apart; 0.09 short where 0.01.
+    assert "at 16 clients short by 0.02, no more than the A/A pair's 0.05 from 1" in text
+    assert "at 64 clients short by 0.09, more than the A/A pair's 0.01 from 1" in text
+    # A run without the A/A site says nothing about it.
+    without = [row for row in timed if row["contender"] != "persistent_aa"]
+    assert report.aa_comparison(without, [16, 64], medians, 0.97) == ""
