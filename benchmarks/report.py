@@ -665,7 +665,7 @@ def chart(web: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     databases = web["databases"]
-    fig, axes = plt.subplots(1, len(databases), figsize=(6 * len(databases), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(databases), figsize=(6 * len(databases), 4.8), squeeze=False)
     for ax, (vendor, data) in zip(axes[0], databases.items(), strict=True):
         rows = data["rows"]
         timed = balanced(web, rows)
@@ -695,9 +695,23 @@ def chart(web: dict[str, Any], path: Path) -> None:
         ax.set_xticklabels([f"{c} clients" for c in concurrencies])
         ax.set_ylabel("requests per second (median, min-max)")
         ax.set_title(f"{VENDORS[vendor]}: one indexed SELECT per request")
-        ax.legend(fontsize="x-small", loc="upper left", ncols=2)
-        ax.set_ylim(top=ax.get_ylim()[1] * 1.25)
-    fig.tight_layout()
+    # One legend for both panels, below them: the contenders' names are too long to fit
+    # inside a panel, and a contender missing on one database (Django's native pool) is
+    # still named once.
+    labelled = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    order = [NAMES[name] for name in NAMES if NAMES[name] in labelled]
+    fig.legend(
+        [labelled[label] for label in order],
+        order,
+        loc="lower center",
+        ncols=3,
+        fontsize="small",
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
