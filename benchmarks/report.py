@@ -251,25 +251,48 @@ def web_cpu_table(web: dict[str, Any]) -> Table | None:
     )
 
 
-def aa_comparison(
-    timed: list[dict[str, Any]], concurrencies: list[int], medians: list[float], floor: float
-) -> str:
-    """The A/A pair beside a throughput target: a second persistent site over the first,
-    round by round, at each concurrency; and, where the target's median misses ``floor``,
-    whether the shortfall is larger than the A/A median's distance from 1 there, which is
-    what two identical sites came apart by. Empty for a run without the A/A site."""
-    per_level = [paired_ratios(timed, "persistent_aa", "persistent", c) for c in concurrencies]
+@dataclass
+class LevelRatios:
+    """One contender's requests/s over another's, round by round, at each concurrency."""
+
+    medians: list[float]  # each concurrency's median
+    rounds: list[float]  # every single round's ratio, all concurrencies
+
+    def text(self) -> str:
+        return " / ".join(f"{m:.2f}x" for m in self.medians)
+
+    def range(self) -> str:
+        return f"single rounds {min(self.rounds):.2f}x-{max(self.rounds):.2f}x"
+
+
+def level_ratios(
+    timed: list[dict[str, Any]], a: str, b: str, concurrencies: list[int]
+) -> LevelRatios | None:
+    """``a`` over ``b`` at each of ``concurrencies``; None when some concurrency has no
+    balanced pair of runs."""
+    per_level = [paired_ratios(timed, a, b, c) for c in concurrencies]
     if not all(per_level):
+        return None
+    return LevelRatios(
+        [median(ratios) for ratios in per_level],
+        [ratio for ratios in per_level for ratio in ratios],
+    )
+
+
+def aa_comparison(
+    aa: LevelRatios | None, concurrencies: list[int], medians: list[float], floor: float
+) -> str:
+    """The A/A pair beside a throughput target: a second persistent site over the first
+    (``aa``, None for a run without that site); and, where the target's median misses
+    ``floor``, whether the shortfall is larger than the A/A median's distance from 1 there,
+    which is what two identical sites came apart by."""
+    if aa is None:
         return ""
-    aa = [median(ratios) for ratios in per_level]
-    rounds = [ratio for ratios in per_level for ratio in ratios]
     text = (
-        f"; A/A, a second persistent site over the first, same rounds: "
-        f"{' / '.join(f'{m:.2f}x' for m in aa)} (single rounds "
-        f"{min(rounds):.2f}x-{max(rounds):.2f}x)"
+        f"; A/A, a second persistent site over the first, same rounds: {aa.text()} ({aa.range()})"
     )
     misses = []
-    for concurrency, ours, same in zip(concurrencies, medians, aa, strict=True):
+    for concurrency, ours, same in zip(concurrencies, medians, aa.medians, strict=True):
         if ours >= floor:
             continue
         short, apart = floor - ours, abs(same - 1)
@@ -292,6 +315,7 @@ def web_targets(web: dict[str, Any], cpu: dict[str, Any] | None) -> list[Target]
         concurrencies = sorted({row["concurrency"] for row in rows})
         ours = by(rows, contender="dbpool")
         cpu_rows = cpu["databases"].get(vendor, {}).get("rows", []) if cpu else []
+        aa = level_ratios(timed, "persistent_aa", "persistent", concurrencies)
 
         def ratio_target(
             other: str,
@@ -301,22 +325,21 @@ def web_targets(web: dict[str, Any], cpu: dict[str, Any] | None) -> list[Target]
             name: str = name,
             concurrencies: list[int] = concurrencies,
             cpu_rows: list[dict[str, Any]] = cpu_rows,
+            aa: LevelRatios | None = aa,
         ) -> Target:
-            per_level = [paired_ratios(timed, "dbpool", other, c) for c in concurrencies]
+            ours = level_ratios(timed, "dbpool", other, concurrencies)
             text = f"{name}: throughput at least {floor:g}x {label} at every concurrency"
-            if not all(per_level):
+            if ours is None:
                 return Target(text, False, "no balanced pair of runs at some concurrency")
-            medians = [median(ratios) for ratios in per_level]
-            worst = min(medians)
+            worst = min(ours.medians)
             # Every level's median, and the single rounds' range: how far one round can
             # stray from the median tells whether a miss is larger than the noise.
-            rounds = [ratio for ratios in per_level for ratio in ratios]
             measured = (
-                f"median ratio {' / '.join(f'{m:.2f}x' for m in medians)} at "
+                f"median ratio {ours.text()} at "
                 f"{' / '.join(str(c) for c in concurrencies)} clients (lowest {worst:.3f}x); "
-                f"single rounds {min(rounds):.2f}x-{max(rounds):.2f}x"
+                f"{ours.range()}"
             )
-            measured += aa_comparison(timed, concurrencies, medians, floor)
+            measured += aa_comparison(aa, concurrencies, ours.medians, floor)
             # The same comparison in CPU time per request without HTTP: theirs over ours, so
             # that, like the throughput ratio, above 1 is in django_dbpool's favour.
             by_cpu = paired(cpu_rows, other, "dbpool", "cpu_us", operator.truediv)

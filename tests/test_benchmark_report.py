@@ -92,11 +92,13 @@ def test_throughput_target_sets_each_miss_against_the_a_a_pair() -> None:
         *rows("dbpool", 64, [900, 850, 880]),
     ]
     medians = [0.95, 0.88]
-    text = report.aa_comparison(timed, [16, 64], medians, 0.97)
+    aa = report.level_ratios(timed, "persistent_aa", "persistent", [16, 64])
+    text = report.aa_comparison(aa, [16, 64], medians, 0.97)
     assert "same rounds: 0.95x / 1.01x (single rounds 0.90x-1.02x)" in text
     # 0.02 short of 0.97 where the identical sites came 0.05 apart; 0.09 short where 0.01.
     assert "at 16 clients short by 0.02, no more than the A/A pair's 0.05 from 1" in text
     assert "at 64 clients short by 0.09, more than the A/A pair's 0.01 from 1" in text
     # A run without the A/A site says nothing about it.
     without = [row for row in timed if row["contender"] != "persistent_aa"]
-    assert report.aa_comparison(without, [16, 64], medians, 0.97) == ""
+    assert report.level_ratios(without, "persistent_aa", "persistent", [16, 64]) is None
+    assert report.aa_comparison(None, [16, 64], medians, 0.97) == ""
