@@ -439,6 +439,26 @@ def cycle_targets(cycle: dict[str, Any]) -> list[Target]:
     return targets
 
 
+#: The pool's own cost per acquire + release, one thread, against psycopg_pool's (README,
+#: Overhead).
+POOL_OVERHEAD_TARGET = 0.6
+
+
+def pool_overhead_target(data: dict[str, Any]) -> Target:
+    """The single-threaded overhead target, judged on the ratio of medians the table shows;
+    the per-run ratios (runs alternate, so each of ours has a neighbour of theirs) give its
+    spread."""
+    ours, theirs = data["rows"]["django_dbpool"], data["rows"]["psycopg_pool"]
+    ratio = median(ours["single_s"]) / median(theirs["single_s"])
+    runs = [a / b for a, b in zip(ours["single_s"], theirs["single_s"], strict=True)]
+    return Target(
+        f"Pool overhead, 1 thread: at most {POOL_OVERHEAD_TARGET}x psycopg_pool's time per "
+        "acquire + release",
+        ratio <= POOL_OVERHEAD_TARGET,
+        f"{ratio:.2f}x (single runs {min(runs):.2f}x-{max(runs):.2f}x)",
+    )
+
+
 def pool_cycle_table(data: dict[str, Any]) -> Table:
     env, rows = data["environment"], data["rows"]
     ours = rows["django_dbpool"]
@@ -551,9 +571,9 @@ def request_cpu_table(data: dict[str, Any]) -> Table:
     )
 
 
-def targets_table(targets: list[Target]) -> Table:
+def targets_table(targets: list[Target], title: str = "Targets") -> Table:
     return Table(
-        "Targets",
+        title,
         ["target", "result", "measured"],
         [[t.text, "PASS" if t.passed else "MISS", t.measured] for t in targets],
     )
@@ -638,6 +658,9 @@ def sections(render: Callable[[Table], str], image: str | None, *, pool: bool = 
     web, cycle, jitter = load("web.json"), load("cycle.json"), load("jitter.json")
     cpu = load("request_cpu.json")
     targets = (web_targets(web, cpu) if web else []) + (cycle_targets(cycle) if cycle else [])
+    pool_cycle = load("pool_cycle.json") if pool else None
+    if pool_cycle:
+        targets.append(pool_overhead_target(pool_cycle))
     out = [describe(web, cycle, cpu), ""]
     if image and web:
         out += [image, ""]
@@ -654,7 +677,6 @@ def sections(render: Callable[[Table], str], image: str | None, *, pool: bool = 
         out += [render(cycle_table(cycle)), ""]
     if jitter:
         out += [render(jitter_table(jitter)), ""]
-    pool_cycle = load("pool_cycle.json") if pool else None
     if pool_cycle:
         out += [render(pool_cycle_table(pool_cycle)), ""]
     return "\n".join(out).rstrip() + "\n"
@@ -671,7 +693,8 @@ def pool_section() -> str:
     pool = load("pool_cycle.json")
     if not pool:
         return "No results yet: run ``make bench-pool``.\n"
-    return pool_cycle_table(pool).rst()
+    target = targets_table([pool_overhead_target(pool)], "Overhead target")
+    return pool_cycle_table(pool).rst() + "\n" + target.rst()
 
 
 def replace_section(text: str, start: str, end: str, body: str) -> str:

@@ -102,3 +102,22 @@ def test_throughput_target_sets_each_miss_against_the_a_a_pair() -> None:
     without = [row for row in timed if row["contender"] != "persistent_aa"]
     assert report.level_ratios(without, "persistent_aa", "persistent", [16, 64]) is None
     assert report.aa_comparison(None, [16, 64], medians, 0.97) == ""
+
+
+def test_pool_overhead_target_judges_the_table_ratio_and_gives_the_runs_spread() -> None:
+    report = _report()
+
+    def data(ours: list[float], theirs: list[float]) -> dict[str, Any]:
+        def row(single: list[float]) -> dict[str, Any]:
+            return {"single_s": single, "rate": [1.0], "fairness": [1.0]}
+
+        return {"rows": {"django_dbpool": row(ours), "psycopg_pool": row(theirs)}}
+
+    # Medians 2.0 over 4.0: 0.50x, a pass, though one run alone came out at 0.90x.
+    met = report.pool_overhead_target(data([1.0, 2.0, 2.7], [4.0, 5.0, 3.0]))
+    assert met.passed
+    assert met.measured == "0.50x (single runs 0.25x-0.90x)"
+    # Medians 2.5 over 4.0: 0.62x, a miss by 0.02.
+    missed = report.pool_overhead_target(data([2.5, 2.5, 2.5], [4.0, 4.0, 4.0]))
+    assert not missed.passed
+    assert missed.measured.startswith("0.62x")
