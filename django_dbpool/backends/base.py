@@ -162,6 +162,8 @@ class PooledWrapperMixin(_Base):
         Database: Any
         health_check_enabled: bool
         health_check_done: bool
+        _thread_sharing_count: int
+        _thread_ident: int
 
         def _set_autocommit(self, autocommit: bool) -> None: ...
 
@@ -243,9 +245,22 @@ class PooledWrapperMixin(_Base):
         connection = pool.acquire(stacklevel=2)
         if connection.dbpool_closed_by_server():
             connection = self._dbpool_replace_closed(pool, connection)
+        if self._thread_sharing_count or self._thread_ident != threading.get_ident():
+            # The connection belongs to the wrapper, and this thread is not (or not the only
+            # one) using it: it must outlive this thread (see Pool.share). Django opens the
+            # connection before it checks that the thread may use the wrapper at all.
+            pool.share(connection)
         self._dbpool_lease = pool
         self.dbpool_broken = False
         return connection
+
+    def inc_thread_sharing(self) -> None:
+        super().inc_thread_sharing()
+        # A connection already held stays with the wrapper when the thread that opened it
+        # exits: the pool must not reclaim it as an orphan (see Pool.share).
+        pool, connection = self._dbpool_lease, self.connection
+        if pool is not None and connection is not None:
+            pool.share(connection)
 
     @async_unsafe
     def connect(self) -> None:

@@ -178,7 +178,7 @@ class Maintenance(PoolState[C]):
             for key, slot in list(self._out.items()):
                 holder = slot.holder
                 assert holder is not None
-                if not holder[0].is_alive():
+                if slot.shared is not holder and not holder[0].is_alive():
                     del self._out[key]
                     orphans.append(slot)
                 elif (

@@ -33,6 +33,7 @@ class Slot(Generic[C]):
         "last_ok",
         "last_used",
         "leak_warned",
+        "shared",
     )
 
     def __init__(self, conn: C, created: float, lifetime: float) -> None:
@@ -48,6 +49,9 @@ class Slot(Generic[C]):
         self.acquired_at = 0.0
         self.holder: Holder | None = None
         self.leak_warned = False
+        # The holder of a checkout that Pool.share() exempted from orphan reclaim. Compared
+        # by identity with ``holder``, so it lapses at the next checkout on its own.
+        self.shared: Holder | None = None
 
 
 class Waiter(Generic[C]):

@@ -178,6 +178,26 @@ class Pool(Maintenance[C]):
         assert reason is not None
         self._close_slot(slot, reason)
 
+    def share(self, conn: C) -> None:
+        """Mark a checked-out connection as used by more threads than the one that acquired
+        it, until it is released.
+
+        A connection whose holder thread has exited is normally an orphan, reclaimed by the
+        housekeeper; a shared one is left to whichever thread releases it (leak warnings
+        after ``LEAK_TIMEOUT`` still apply). The Django backends call it when a
+        ``DatabaseWrapper`` with thread sharing on (``inc_thread_sharing()``) holds the
+        connection, or when a thread other than the wrapper's own opened it.
+
+        Raises ``ValueError`` for a connection that is not checked out from this pool, with
+        the same exceptions as :meth:`release`.
+        """
+        with self._lock:
+            slot = self._out.get(id(conn))
+            if slot is not None:
+                slot.shared = slot.holder
+                return
+        self._release_unknown(conn, "share()")
+
     def connection(self, timeout: float | None = None) -> _Lease[C]:
         """Context manager: ``with pool.connection() as conn:`` acquires and always releases.
 
@@ -433,11 +453,11 @@ class Pool(Maintenance[C]):
             return "reset_failed"
         return None
 
-    def _release_unknown(self, conn: C) -> None:
+    def _release_unknown(self, conn: C, call: str = "release()") -> None:
         if self._closed or _fork.is_inherited(conn):
             return
         raise ValueError(
-            f"pool {self.name!r}: release() of a connection that is not checked out from this "
+            f"pool {self.name!r}: {call} of a connection that is not checked out from this "
             "pool (released twice, or acquired from another pool?)"
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -151,6 +152,85 @@ def test_bound_holds_and_the_next_checkout_times_out() -> None:
     # Once they are back, the same connections serve again.
     assert session_id("small") in held
     small.close()
+
+
+def test_a_shared_wrapper_keeps_its_connection_when_the_opening_thread_exits() -> None:
+    # Django lets other threads use a wrapper after inc_thread_sharing() (#17258): the
+    # connection belongs to the wrapper, not to the thread that happened to open it.
+    wrapper = connections["default"]  # this thread's
+    wrapper.close()
+    pool = wrapper.pool
+    reclaimed = pool.stats().orphans_reclaimed
+    wrapper.inc_thread_sharing()
+    try:
+        opener = threading.Thread(target=wrapper.ensure_connection)
+        opener.start()
+        opener.join(timeout=30)
+        opened = wrapper.connection
+        assert opened is not None
+        pool._housekeep()  # the sweep that reclaims connections of exited threads
+        assert pool.stats().orphans_reclaimed == reclaimed
+        assert pool.stats().in_use == 1
+        session_id()  # still usable here, on the same connection
+        assert wrapper.connection is opened
+        wrapper.close()  # given back from this thread, without an error
+    finally:
+        wrapper.dec_thread_sharing()
+    assert pool.stats().in_use == 0
+
+
+def test_a_connection_opened_from_a_thread_not_allowed_to_use_the_wrapper_stays_with_it() -> None:
+    # Django connects first and only then refuses the thread (DatabaseError): the
+    # connection is the wrapper's, whose own thread closes it.
+    wrapper = connections["default"]  # this thread's
+    wrapper.close()
+    pool = wrapper.pool
+    reclaimed = pool.stats().orphans_reclaimed
+    errors: list[Exception] = []
+
+    def use_another_threads_wrapper() -> None:
+        try:
+            with wrapper.cursor():
+                pass
+        except Exception as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=use_another_threads_wrapper)
+    thread.start()
+    thread.join(timeout=30)
+    assert [type(error).__name__ for error in errors] == ["DatabaseError"]
+    assert wrapper.connection is not None
+    pool._housekeep()
+    assert pool.stats().orphans_reclaimed == reclaimed
+    wrapper.close()
+    assert pool.stats().in_use == 0
+
+
+def test_a_wrapper_shared_while_it_holds_a_connection_keeps_it_after_its_thread_exits() -> None:
+    handed: list[Any] = []
+
+    def open_then_share() -> None:
+        wrapper = connections["default"]  # this thread's own wrapper
+        wrapper.ensure_connection()
+        wrapper.inc_thread_sharing()
+        handed.append(wrapper)
+
+    pool = connection.pool
+    reclaimed = pool.stats().orphans_reclaimed
+    thread = threading.Thread(target=open_then_share)
+    thread.start()
+    thread.join(timeout=30)
+    (wrapper,) = handed
+    try:
+        pool._housekeep()
+        assert pool.stats().orphans_reclaimed == reclaimed
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone()[0] == 1
+        wrapper.close()
+    finally:
+        wrapper.dec_thread_sharing()
+    assert pool.stats().in_use == 0
 
 
 def test_transaction_left_open_is_rolled_back_before_reuse() -> None:

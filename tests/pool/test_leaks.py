@@ -128,3 +128,42 @@ def test_the_context_manager_records_the_with_statement_as_the_place_of_acquisit
         assert pool.stats().idle == 1
         assert pool.acquire() is conn
         pool.release(conn)
+
+
+def sharing_task(pool, out):
+    conn = pool.acquire()
+    pool.share(conn)  # another thread goes on using it, as with Django's thread sharing
+    out.append(conn)
+
+
+def test_a_shared_connection_outlives_its_thread_until_released():
+    pool, _ = make_pool()
+    with closing(pool):
+        out: list[FakeConnection] = []
+        t = threading.Thread(target=sharing_task, args=(pool, out))
+        t.start()
+        t.join(timeout=30)
+        (conn,) = out
+        pool._housekeep()
+        stats = pool.stats()
+        assert stats.orphans_reclaimed == 0
+        assert stats.in_use == 1
+        pool.release(conn)  # from this thread
+
+        # The mark ends with the checkout: the next holder that exits leaves an orphan.
+        again: list[FakeConnection] = []
+        t = threading.Thread(target=orphaning_task, args=(pool, again))
+        t.start()
+        t.join(timeout=30)
+        assert again == [conn]
+        pool._housekeep()
+        assert pool.stats().orphans_reclaimed == 1
+
+
+def test_share_of_a_connection_that_is_not_checked_out_raises():
+    pool, _ = make_pool()
+    with closing(pool):
+        conn = pool.acquire()
+        pool.release(conn)
+        with pytest.raises(ValueError, match=r"share\(\) of a connection that is not checked"):
+            pool.share(conn)
