@@ -59,14 +59,20 @@ def orphaning_task(pool, out):
     out.append(conn)  # the thread ends without releasing
 
 
+def run_in_a_thread(task, pool, name=None) -> FakeConnection:
+    """Runs ``task(pool, out)`` in a thread of its own to the end; the connection it left."""
+    out: list[FakeConnection] = []
+    thread = threading.Thread(target=task, args=(pool, out), name=name)
+    thread.start()
+    thread.join(timeout=30)
+    (conn,) = out
+    return conn
+
+
 def test_a_connection_whose_thread_exited_is_reclaimed_with_a_warning(caplog):
     pool, driver = make_pool(holder_info=lambda: "task 42")
     with closing(pool), caplog.at_level(logging.WARNING, logger=LOGGER):
-        out: list[FakeConnection] = []
-        t = threading.Thread(target=orphaning_task, args=(pool, out), name="celery-worker-7")
-        t.start()
-        t.join(timeout=30)
-        (conn,) = out
+        conn = run_in_a_thread(orphaning_task, pool, name="celery-worker-7")
         assert pool.stats().idle == 0
 
         pool._housekeep()
@@ -87,13 +93,10 @@ def test_a_connection_whose_thread_exited_is_reclaimed_with_a_warning(caplog):
 def test_an_orphan_that_cannot_be_reset_is_closed():
     pool, driver = make_pool()
     with closing(pool):
-        out: list[FakeConnection] = []
-        t = threading.Thread(target=orphaning_task, args=(pool, out))
-        t.start()
-        t.join(timeout=30)
+        conn = run_in_a_thread(orphaning_task, pool)
         driver.reset_fails = True
         pool._housekeep()
-        assert out[0].closed
+        assert conn.closed
         stats = pool.stats()
         assert stats.closed["reset_failed"] == 1
         assert stats.size == 0
@@ -139,11 +142,7 @@ def sharing_task(pool, out):
 def test_a_shared_connection_outlives_its_thread_until_released():
     pool, _ = make_pool()
     with closing(pool):
-        out: list[FakeConnection] = []
-        t = threading.Thread(target=sharing_task, args=(pool, out))
-        t.start()
-        t.join(timeout=30)
-        (conn,) = out
+        conn = run_in_a_thread(sharing_task, pool)
         pool._housekeep()
         stats = pool.stats()
         assert stats.orphans_reclaimed == 0
@@ -151,11 +150,7 @@ def test_a_shared_connection_outlives_its_thread_until_released():
         pool.release(conn)  # from this thread
 
         # The mark ends with the checkout: the next holder that exits leaves an orphan.
-        again: list[FakeConnection] = []
-        t = threading.Thread(target=orphaning_task, args=(pool, again))
-        t.start()
-        t.join(timeout=30)
-        assert again == [conn]
+        assert run_in_a_thread(orphaning_task, pool) is conn
         pool._housekeep()
         assert pool.stats().orphans_reclaimed == 1
 
