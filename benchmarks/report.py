@@ -42,6 +42,7 @@ NAMES = {
     "dbcp": "django-db-connection-pool",
     "dbpool": "django_dbpool",
     "dbpool_threads": "django_dbpool, MAX_SIZE 8 = threads (diagnostic)",
+    "bound": "persistent, 4 threads at a time, no pool (diagnostic)",
 }
 WORKERS = 2
 #: One colour per contender, the same in every chart.
@@ -53,6 +54,7 @@ COLOURS = {
     "dbcp": "tab:red",
     "dbpool": "tab:blue",
     "dbpool_threads": "tab:cyan",
+    "bound": "tab:purple",
 }
 
 

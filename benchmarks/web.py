@@ -47,8 +47,17 @@ CONTENDERS = {
         "native",
         "dbcp",
         "dbpool_threads",
+        "bound",
     ),
-    "mysql": ("connect", "persistent_aa", "persistent", "dbpool", "dbcp", "dbpool_threads"),
+    "mysql": (
+        "connect",
+        "persistent_aa",
+        "persistent",
+        "dbpool",
+        "dbcp",
+        "dbpool_threads",
+        "bound",
+    ),
 }
 #: gunicorn threads per worker (benchsite/gunicorn.conf.py).
 THREADS = 8
@@ -56,6 +65,9 @@ THREADS = 8
 #: - "dbpool_threads": django_dbpool with MAX_SIZE equal to the threads, so that no thread
 #:   ever waits for a connection. Set against "dbpool" (MAX_SIZE 4, like every pool), it
 #:   separates what the bound of 4 costs from what a checkout costs.
+#: - "bound" (a site kind of its own, see benchsite.bounded): persistent connections, with at
+#:   most POOL_SIZE threads of a worker using theirs at a time. Nothing is checked out, so it
+#:   shows what the bound of 4 costs by itself, to set beside "dbpool" and "dbpool_threads".
 #: - "persistent_aa": a second site with persistent connections, identical to the first but
 #:   for its database. Its ratio to "persistent" (an A/A comparison: no difference to find)
 #:   is how far two runs of the same thing come apart on this machine, the measurement's

@@ -23,6 +23,7 @@ CONTENDERS = {
     "native": "Django's native pool (OPTIONS['pool'])",
     "dbcp": "django-db-connection-pool",
     "dbpool": "django_dbpool",
+    "bound": "persistent connections, POOL_SIZE threads at a time (benchsite.bounded)",
 }
 
 CONTENDER = os.environ.get("BENCH_CONTENDER", "dbpool")
@@ -59,6 +60,9 @@ def _database(url: str, contender: str) -> dict[str, Any]:
     elif contender == "dbcp":
         config["ENGINE"] = f"dj_db_conn_pool.backends.{vendor}"
         config["POOL_OPTIONS"] = {"POOL_SIZE": POOL_SIZE, "MAX_OVERFLOW": 0}
+    elif contender == "bound":
+        config["CONN_MAX_AGE"] = None
+        config["ENGINE"] = f"benchsite.bounded.{vendor}"
     elif contender == "dbpool":
         config["ENGINE"] = f"django_dbpool.backends.{vendor}"
         config["POOL"] = {"MIN_SIZE": POOL_SIZE, "MAX_SIZE": POOL_SIZE}
