@@ -46,6 +46,9 @@ logger = logging.getLogger("django_dbpool")
 _HOST = socket.gethostname()
 _started_at = time.time()
 _publisher_pid = 0
+#: True once this process publishes, or never will (disable_publishing); false again in a
+#: forked child (see _forget_parent_publisher), so that checking it costs no system call.
+_publishing = False
 _publisher_lock = threading.Lock()
 _directory: Path | None = None  # where this process publishes, fixed when publishing starts
 _previous: dict[str, tuple[float, int]] = {}  # alias -> (when, acquired) for rates
@@ -68,24 +71,27 @@ def stats_dir() -> Path:
 
 def disable_publishing() -> None:
     """This process never publishes (``poolstats`` itself, for one)."""
-    global _publisher_pid
-    _publisher_pid = os.getpid()
+    global _publishing
+    _publishing = True
 
 
 def ensure_publisher() -> None:
     """Start this process's publisher thread if it is not running (cheap to call often:
-    one comparison once it runs). A forked child starts its own."""
-    global _publisher_pid
-    if _publisher_pid == os.getpid():
-        return
+    one global read once it runs). A forked child starts its own."""
+    if not _publishing:
+        _start_publisher()
+
+
+def _start_publisher() -> None:
+    global _directory, _publisher_pid, _publishing
     with _publisher_lock:
-        if _publisher_pid == os.getpid():
+        if _publishing:
             return
         from .conf import app_settings
 
-        global _directory
         interval = app_settings.STATS_INTERVAL
         _publisher_pid = os.getpid()
+        _publishing = True
         _previous.clear()
         if interval <= 0:
             return
@@ -95,6 +101,17 @@ def ensure_publisher() -> None:
         )
         thread.start()
         atexit.register(forget_own_snapshot)
+
+
+def _forget_parent_publisher() -> None:
+    # In a forked child: the parent's publisher thread did not come along, and its lock may
+    # have been held by a thread that does not exist here.
+    global _publishing, _publisher_lock
+    _publishing = False
+    _publisher_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parent_publisher)
 
 
 def _publish_loop(interval: float) -> None:

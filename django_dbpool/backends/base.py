@@ -96,10 +96,16 @@ def _close_inherited_watch_sockets() -> None:
     _watch_sockets.clear()
 
 
+#: Changes in a forked child: what a wrapper renders once per process (the process tag, which
+#: holds the pid) is rendered again when it differs, with no os.getpid() system call per query.
+_fork_generation = 1
+
+
 def _reset_lock_in_child() -> None:
     # Another thread may have held the lock at fork(): the child starts with a free one.
-    global _pools_lock
+    global _pools_lock, _fork_generation
     _pools_lock = threading.Lock()
+    _fork_generation += 1
 
 
 def _forget_inherited_connections() -> None:
@@ -179,7 +185,7 @@ class PooledWrapperMixin(_Base):
         self._dbpool_params_entry: _Entry | None = None
         self._dbpool_configure_lock = threading.Lock()
         self._dbpool_lock_pid = os.getpid()
-        self._dbpool_app_tag: tuple[int, str] = (0, "")
+        self._dbpool_app_tag: tuple[int, str] = (0, "")  # (_fork_generation, tag)
 
     # -- Django's pool vocabulary -------------------------------------------------------------
 
@@ -360,10 +366,10 @@ class PooledWrapperMixin(_Base):
     def dbpool_app_tag(self) -> str:
         """The process tag of this alias (``application_name``), for query comments;
         rendered once per process."""
-        pid, text = self._dbpool_app_tag
-        if pid != os.getpid():
+        generation, text = self._dbpool_app_tag
+        if generation != _fork_generation:
             text = tagging.application_name(self.alias)
-            self._dbpool_app_tag = (os.getpid(), text)
+            self._dbpool_app_tag = (_fork_generation, text)
         return text
 
     # -- vendor hooks ---------------------------------------------------------------------------

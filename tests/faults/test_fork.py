@@ -282,6 +282,41 @@ def test_a_forked_child_queries_on_a_session_of_its_own_and_never_ends_the_paren
     assert unclean.since() == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_forked_child_publishes_its_own_stats_and_tags_with_its_own_pid() -> None:
+    # What a process renders or starts once (the stats publisher, the process tag with its
+    # pid) is done again in a forked child, which neither inherits the parent's publisher
+    # thread nor may report under the parent's pid.
+    from django_dbpool import snapshots
+
+    session_id()  # a checkout: this process publishes
+    assert snapshots._publishing
+    assert f":{os.getpid()}:" in connection.dbpool_app_tag()
+
+    def child() -> dict[str, Any]:
+        publishing_at_fork = snapshots._publishing
+        session_id()
+        from django_dbpool import close_all_pools
+
+        report = {
+            "pid": os.getpid(),
+            "publishing_at_fork": publishing_at_fork,
+            "publishing": snapshots._publishing,
+            "publisher_pid": snapshots._publisher_pid,
+            "tag": connection.dbpool_app_tag(),
+        }
+        close_all_pools(timeout=5)
+        return report
+
+    report = run_in_child(child)
+    assert "error" not in report, report
+    assert report["publishing_at_fork"] is False
+    assert report["publishing"] is True
+    assert report["publisher_pid"] == report["pid"] != os.getpid()
+    assert f":{report['pid']}:" in report["tag"]
+    assert f":{os.getpid()}:" in connection.dbpool_app_tag()  # the parent's is unchanged
+
+
 def test_djangos_parallel_test_runner_gives_each_worker_sessions_of_its_own(
     tmp_path: Path,
 ) -> None:
