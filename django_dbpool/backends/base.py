@@ -102,7 +102,8 @@ _fork_generation = 1
 
 
 def _reset_lock_in_child() -> None:
-    # Another thread may have held the lock at fork(): the child starts with a free one.
+    # Another thread may have held the lock at fork(): the child starts with a free one, and
+    # in a new fork generation.
     global _pools_lock, _fork_generation
     _pools_lock = threading.Lock()
     _fork_generation += 1
