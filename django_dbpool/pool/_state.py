@@ -71,6 +71,8 @@ class PoolState(Generic[C]):
         self._out: dict[int, Slot[C]] = {}  # id(conn) -> slot, for checked-out connections
         self._all: set[Slot[C]] = set()  # every open connection, for the fork hand-over
         self._waiters: deque[Waiter[C]] = deque()
+        # Per thread: when it last found no idle connection of its own (see _pick_idle_locked).
+        self._slotless = threading.local()
         self._size = 0
         self._opening = 0
         self._started = False

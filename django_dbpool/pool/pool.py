@@ -8,6 +8,7 @@ run on every database use and cost about a microsecond and a half together.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -95,14 +96,14 @@ class Pool(Maintenance[C]):
             # Fast path. Closing empties _idle, so no closed check is needed here.
             idle = self._idle
             if idle:
-                # The most recently used connection, unless this thread has one of its own
-                # (thread affinity, see _take_own_idle_locked).
+                # The most recently used connection, unless it is not this thread's and
+                # another one suits better (thread affinity, see _pick_idle_locked).
                 slot = idle[-1]
                 last = slot.holder
                 if (last is None or last[0] is not holder[0]) and (
-                    own := self._take_own_idle_locked(holder[0], now)
+                    picked := self._pick_idle_locked(holder[0], now)
                 ) is not None:
-                    slot = own
+                    slot = picked
                 else:
                     idle.pop()
                 if now - slot.last_ok < self._validate_after and now < slot.expires:
@@ -310,34 +311,79 @@ class Pool(Maintenance[C]):
 
     # -- checkout ------------------------------------------------------------------------
 
-    def _take_own_idle_locked(self, thread: threading.Thread, now: float) -> Slot[C] | None:
-        """Take out of ``_idle`` the connection that ``thread`` returned last, if it is there
-        and needs no probe.
+    def _pick_idle_locked(self, thread: threading.Thread, now: float) -> Slot[C] | None:
+        """Take out of ``_idle`` the connection for ``thread`` when the most recently used
+        one is not its own; None to take the most recently used one.
 
         Thread affinity: each of a server's threads keeps to one session, as with persistent
         connections. Handing connections from thread to thread made gunicorn's threads block
         about twice as often per request as persistent connections; with affinity, as often
         (benchmarks/web.py with MAX_SIZE equal to the threads, 8 rounds on each database;
-        median requests/s 1.00x to 1.15x). A thread that has not been back within
-        ``VALIDATE_AFTER`` gets the most recently used one, so light load still concentrates
-        on few connections and the surplus ages out.
-
-        The record is the slot's last holder, which a checkout sets anyway: nothing is kept
-        per thread, and the common case (the most recently used connection is this thread's)
+        median requests/s 1.00x to 1.15x). A thread's own connection is the one it returned
+        last: the slot's last holder, which a checkout sets anyway, so nothing is kept per
+        thread and the common case (the most recently used connection is this thread's)
         costs one comparison in :meth:`acquire`.
+
+        - Its own connection, if idle and fresh. A thread that has not been back within
+          ``VALIDATE_AFTER`` (or whose connection is suspect) gets the most recently used
+          one, which needs no probe: light load concentrates on few connections and the
+          surplus ages out.
+        - A thread with no idle connection of its own (another thread took it) gets a
+          spare, see :meth:`_take_spare_idle_locked`.
         """
-        validate_after = self._validate_after
-        for slot in reversed(self._idle):
-            if now - slot.last_used >= validate_after:
-                # _idle is in last-used order: the rest were returned earlier still.
-                return None
-            last = slot.holder
+        idle = self._idle
+        for i in range(len(idle) - 1, -1, -1):
+            last = idle[i].holder
             if last is not None and last[0] is thread:
-                if now - slot.last_ok >= validate_after:
-                    return None  # a suspect (see _mark_suspects_locked): needs a probe
-                self._idle.remove(slot)
+                slot = idle[i]
+                if now - slot.last_ok >= self._validate_after:
+                    return None  # needs a probe, where the most recently used may not
+                del idle[i]
                 return slot
-        return None
+        return self._take_spare_idle_locked(now)
+
+    def _take_spare_idle_locked(self, now: float) -> Slot[C] | None:
+        """Take out of ``_idle`` a connection that no other thread will come back for; None
+        if there is none to take.
+
+        Spare: never used, not used within ``VALIDATE_AFTER`` (its last holder, back, would
+        take the most recently used one anyway), or its last holder has returned a more
+        recent one since, or holds one now. Taking another thread's own connection instead
+        leaves that thread without one, and it takes a third thread's in turn: once threads
+        outnumbered the idle connections for a moment (a warm-up, the first requests after a
+        quiet spell), connections went on changing threads at 30 %-50 % of checkouts for
+        good, with 8 connections for gunicorn's 8 threads, 4 of them using one at a time
+        (benchmarks/web.py). A spare ends the chain.
+
+        The most recently used fresh spare. A stale one costs a probe: it is taken only by a
+        thread that already came without a connection of its own less than
+        ``VALIDATE_AFTER`` ago, so one probe ends the chain under load, while a thread back
+        after a quiet spell takes the most recently used connection as before, without one.
+        """
+        idle = self._idle
+        holding = {slot.holder[0] for slot in self._out.values() if slot.holder is not None}
+        seen: set[threading.Thread] = set()
+        mark = self._slotless
+        stale = -1 if now - getattr(mark, "at", -math.inf) < self._validate_after else None
+        mark.at = now
+        for i in range(len(idle) - 1, -1, -1):
+            slot = idle[i]
+            last = slot.holder
+            if last is not None and now - slot.last_used < self._validate_after:
+                thread = last[0]
+                if thread not in seen and thread not in holding:
+                    seen.add(thread)
+                    continue
+            if now - slot.last_ok < self._validate_after and now < slot.expires:
+                del idle[i]
+                return slot
+            if stale == -1:
+                stale = i
+        if stale is None or stale < 0:
+            return None
+        slot = idle[stale]
+        del idle[stale]
+        return slot
 
     def _full_holder(self, caller: FrameType) -> Holder:
         return (

@@ -1,10 +1,12 @@
 """Behaviour 4: idle connections are reused most-recently-used first, so surplus ages out;
-a thread gets back the connection it returned last while that one is idle and fresh.
+a thread gets back the connection it returned last while that one is idle and fresh, and a
+thread without one takes a spare rather than another thread's.
 Also MAX_LIFETIME (never while checked out) and the MIN_SIZE refill."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import pytest
 
@@ -41,32 +43,104 @@ def test_a_thread_gets_back_the_idle_connection_it_returned_last():
         other.submit(pool.release, theirs).result()
 
 
-def test_a_thread_whose_connection_is_out_gets_the_most_recently_used():
+def test_a_thread_without_a_connection_of_its_own_gets_a_spare_not_another_threads():
     pool, _ = make_pool(MAX_SIZE=3)
     with closing(pool), ThreadPoolExecutor(1) as other:
-        _a, b, c = warm(pool, 3)  # this thread returned c last
-        assert other.submit(pool.acquire).result() is c  # no connection of its own yet
-        assert pool.acquire() is b
-        pool.release(b)
-        other.submit(pool.release, c).result()
-        assert pool.acquire() is b  # its own again, not the most recently used c
-        assert other.submit(pool.acquire).result() is c
-        pool.release(b)
-        other.submit(pool.release, c).result()
+        _a, b, c = warm(pool, 3)  # this thread returned c last: c is its own, a and b spare
+        assert other.submit(pool.acquire).result() is b  # the most recently used spare
+        assert pool.acquire() is c
+        pool.release(c)
+        other.submit(pool.release, b).result()
+        for _ in range(3):
+            assert pool.acquire() is c  # each keeps its own
+            assert other.submit(pool.acquire).result() is b
+            other.submit(pool.release, b).result()
+            pool.release(c)
+
+
+def test_with_no_spare_a_thread_gets_the_most_recently_used():
+    pool, _ = make_pool(MAX_SIZE=2)
+    with closing(pool), ThreadPoolExecutor(1) as one, ThreadPoolExecutor(1) as two:
+        x = one.submit(pool.acquire, timeout=10).result()
+        y = two.submit(pool.acquire, timeout=10).result()
+        one.submit(pool.release, x).result()
+        two.submit(pool.release, y).result()
+        # Both are fresh and each is another thread's own: no spare.
+        assert pool.acquire() is y
+        pool.release(y)
+
+
+def test_a_thread_again_without_one_of_its_own_takes_a_stale_spare():
+    # Once a thread took another's connection, the other has none either: the second time
+    # in VALIDATE_AFTER a thread comes without one, it takes a spare even at the cost of a
+    # probe, which ends the chain.
+    clock = FakeClock()
+    pool, _ = make_pool(clock=clock, MAX_SIZE=4, VALIDATE_AFTER=1, KEEPALIVE=0, MAX_IDLE=60)
+    with ExitStack() as stack:
+        stack.enter_context(closing(pool))
+        one, two, three, four = (stack.enter_context(ThreadPoolExecutor(1)) for _ in range(4))
+        z = one.submit(pool.acquire, timeout=10).result()
+        x = one.submit(pool.acquire, timeout=10).result()
+        y = two.submit(pool.acquire, timeout=10).result()
+        w = four.submit(pool.acquire, timeout=10).result()
+        one.submit(pool.release, z).result()
+        clock.advance(5)  # z: unused for longer than VALIDATE_AFTER, claimed by no one
+        for executor, conn in ((one, x), (two, y), (four, w)):
+            executor.submit(pool.release, conn).result()
+        validations = pool.stats().validations
+        # The first time without one: the most recently used, without a probe.
+        assert three.submit(pool.acquire).result() is w
+        three.submit(pool.release, w).result()
+        assert four.submit(pool.acquire).result() is w
+        four.submit(pool.release, w).result()
+        assert pool.stats().validations == validations
+        # The second time: the stale spare, probed, rather than thread four's w.
+        assert three.submit(pool.acquire).result() is z
+        assert pool.stats().validations == validations + 1
+        three.submit(pool.release, z).result()
+        # From now on each thread keeps to its own, in whatever order they come.
+        for executor, conn in ((four, w), (three, z), (one, x), (two, y)) * 2:
+            assert executor.submit(pool.acquire).result() is conn
+            executor.submit(pool.release, conn).result()
+
+
+def test_a_thread_back_without_one_after_a_quiet_spell_takes_no_stale_spare():
+    clock = FakeClock()
+    pool, _ = make_pool(clock=clock, MAX_SIZE=3, VALIDATE_AFTER=1, KEEPALIVE=0, MAX_IDLE=60)
+    with ExitStack() as stack:
+        stack.enter_context(closing(pool))
+        one, two, three = (stack.enter_context(ThreadPoolExecutor(1)) for _ in range(3))
+        z = one.submit(pool.acquire, timeout=10).result()
+        x = one.submit(pool.acquire, timeout=10).result()
+        y = three.submit(pool.acquire, timeout=10).result()
+        one.submit(pool.release, z).result()
+        one.submit(pool.release, x).result()
+        clock.advance(5)  # z and x: claimed by no one
+        three.submit(pool.release, y).result()
+        validations = pool.stats().validations
+        for _ in range(3):
+            clock.advance(2)  # longer than VALIDATE_AFTER between visits: light load
+            assert three.submit(pool.acquire).result() is y  # its own, stale: probed
+            three.submit(pool.release, y).result()
+            # Thread two, which has none of its own, shares y, the most recently used.
+            assert two.submit(pool.acquire).result() is y
+            two.submit(pool.release, y).result()
+        # y was probed once per visit of thread three; z and x never were, and age out.
+        assert pool.stats().validations == validations + 3
 
 
 def test_a_thread_whose_own_connection_is_suspect_gets_the_most_recently_used_unprobed():
     pool, _ = make_pool(MAX_SIZE=3)
     with closing(pool), ThreadPoolExecutor(1) as other:
         _a, b, c = warm(pool, 3)  # opened in this order, all returned by this thread
-        assert other.submit(pool.acquire).result() is c
-        assert pool.acquire() is b
-        pool.release(b, broken=True)  # every idle connection as old as b is suspect: a
-        other.submit(pool.release, c).result()
+        assert other.submit(pool.acquire).result() is b
+        assert pool.acquire() is c
+        pool.release(c, broken=True)  # every idle connection as old as c is suspect: a
+        other.submit(pool.release, b).result()
         validations = pool.stats().validations
-        assert pool.acquire() is c  # not this thread's own a, which needs a probe first
+        assert pool.acquire() is b  # not this thread's own a, which needs a probe first
         assert pool.stats().validations == validations
-        pool.release(c)
+        pool.release(b)
 
 
 def test_under_light_load_threads_share_the_most_recently_used_and_the_rest_ages_out():
