@@ -364,8 +364,9 @@ class Pool(Maintenance[C]):
         holding = {slot.holder[0] for slot in self._out.values() if slot.holder is not None}
         seen: set[threading.Thread] = set()
         mark = self._slotless
-        stale = -1 if now - getattr(mark, "at", -math.inf) < self._validate_after else None
+        stale_ok = now - getattr(mark, "at", -math.inf) < self._validate_after
         mark.at = now
+        stale: int | None = None  # where the most recently used stale spare is
         for i in range(len(idle) - 1, -1, -1):
             slot = idle[i]
             last = slot.holder
@@ -377,9 +378,9 @@ class Pool(Maintenance[C]):
             if now - slot.last_ok < self._validate_after and now < slot.expires:
                 del idle[i]
                 return slot
-            if stale == -1:
+            if stale_ok and stale is None:
                 stale = i
-        if stale is None or stale < 0:
+        if stale is None:
             return None
         slot = idle[stale]
         del idle[stale]
