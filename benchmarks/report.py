@@ -308,6 +308,27 @@ def aa_comparison(
     return text
 
 
+def cpu_breakdown(rows: list[dict[str, Any]]) -> str:
+    """What django_dbpool adds to the CPU time of a request over persistent connections
+    without HTTP (``request_cpu.py``), set beside its two diagnostics: django_dbpool with a
+    connection for every thread (the checkout and the return, no thread ever waiting) and
+    persistent connections with at most the pool size of threads using theirs at a time (the
+    wait for one of them, nothing checked out). Empty for a run without the diagnostics."""
+    added = {
+        contender: paired(rows, contender, "persistent", "cpu_us", operator.sub)
+        for contender in ("dbpool", "dbpool_threads", "bound")
+    }
+    if not all(added.values()):
+        return ""
+    return (
+        "; without HTTP, µs of CPU per request over persistent, same round, median: "
+        f"django_dbpool {median(added['dbpool']):+,.0f}; django_dbpool with a connection "
+        f"for every thread, no thread waiting {median(added['dbpool_threads']):+,.0f}; "
+        "persistent connections used by at most as many threads at a time as the pool "
+        f"has connections, no pool {median(added['bound']):+,.0f}"
+    )
+
+
 def web_targets(web: dict[str, Any], cpu: dict[str, Any] | None) -> list[Target]:
     targets = []
     for vendor, data in web["databases"].items():
@@ -349,6 +370,8 @@ def web_targets(web: dict[str, Any], cpu: dict[str, Any] | None) -> list[Target]
                 measured += (
                     f"; CPU per request without HTTP, theirs over ours: {median(by_cpu):.2f}x"
                 )
+            if other == "persistent":
+                measured += cpu_breakdown(cpu_rows)
             return Target(text, worst >= floor, measured)
 
         targets.append(ratio_target("persistent", 0.97, "persistent connections"))

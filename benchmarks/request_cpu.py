@@ -8,6 +8,8 @@ per request. There is no gunicorn, wrk or client socket, so what is left to diff
 contenders is what Django does around the query: persistent connections check nothing out,
 a pool checks a connection out and gives it back once per request. The HTTP runs measure
 the same thing through far more noise (scheduling of workers, wrk and the server on 2 CPUs).
+Two diagnostics, as in ``web.py``, split what django_dbpool adds into the checkout and the
+wait for one of its connections (see :data:`DIAGNOSTIC`).
 
 Contenders take turns in each round, the order reversed every other round; figures are
 medians over the rounds, and differences against persistent connections are taken round by
@@ -39,11 +41,17 @@ import harness
 from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR
 
 CONTENDERS = {
-    "postgresql": ("persistent", "native", "dbcp", "dbpool"),
-    "mysql": ("persistent", "dbcp", "dbpool"),
+    "postgresql": ("persistent", "native", "dbcp", "dbpool", "dbpool_threads", "bound"),
+    "mysql": ("persistent", "dbcp", "dbpool", "dbpool_threads", "bound"),
 }
 THREADS = 8
 POOL_SIZE = 4
+#: The diagnostics of web.py, by the same names: django_dbpool with a connection for every
+#: thread (what a checkout costs, with no thread ever waiting for one), and persistent
+#: connections with at most POOL_SIZE threads using theirs at a time (what waiting for one of
+#: POOL_SIZE costs by itself, with nothing checked out). Set beside "dbpool", they split what
+#: it adds over persistent connections into the checkout and the wait.
+DIAGNOSTIC = {"dbpool_threads": ("dbpool", THREADS)}
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "8000"))
 #: Requests per thread before the measurement: opens the pool and warms the code paths.
@@ -112,11 +120,12 @@ def run_in_this_process() -> dict[str, Any]:
 
 def measure(url: str, contender: str) -> dict[str, Any]:
     """One run of ``contender`` on ``url`` in a fresh process."""
+    site_contender, pool_size = DIAGNOSTIC.get(contender, (contender, POOL_SIZE))
     stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
     try:
         result = subprocess.run(
             [sys.executable, __file__, "--run"],
-            env=harness.site_environment(url, contender, POOL_SIZE, stats_dir),
+            env=harness.site_environment(url, site_contender, pool_size, stats_dir),
             cwd=harness.HERE,
             capture_output=True,
             text=True,
@@ -142,7 +151,7 @@ def run_all(urls: dict[str, str]) -> dict[str, Any]:
                 row = {"contender": contender, "round": rnd, **measure(own[contender], contender)}
                 rows.append(row)
                 print(
-                    f"  {vendor} round {rnd}: {contender:>10} {row['cpu_us']:6.1f} µs CPU"
+                    f"  {vendor} round {rnd}: {contender:>14} {row['cpu_us']:6.1f} µs CPU"
                     f" per request, errors {row['errors']}",
                     flush=True,
                 )
