@@ -40,6 +40,22 @@ from tests.processes import stop_gracefully  # noqa: E402
 ROWS = 1000
 #: Sampling period of the server-side connection count.
 SAMPLE_EVERY = 0.02
+#: Connections per process for every pool.
+POOL_SIZE = 4
+#: gunicorn threads per worker (benchsite/gunicorn.conf.py), as many as ``request_cpu.py`` runs.
+THREADS = 8
+#: Not contenders of their own, each a site of another contender's kind:
+#: - "dbpool_threads": django_dbpool with MAX_SIZE equal to the threads, so that no thread
+#:   ever waits for a connection. Set against "dbpool" (MAX_SIZE 4, like every pool), it
+#:   separates what the bound of 4 costs from what a checkout costs.
+#: - "bound" (a site kind of its own, see benchsite.bounded): persistent connections, with at
+#:   most POOL_SIZE threads of a worker using theirs at a time. Nothing is checked out, so it
+#:   shows what the bound of 4 costs by itself, to set beside "dbpool" and "dbpool_threads".
+#: - "persistent_aa": a second site with persistent connections, identical to the first but
+#:   for its database. Its ratio to "persistent" (an A/A comparison: no difference to find)
+#:   is how far two runs of the same thing come apart on this machine, the measurement's
+#:   resolution, which the report sets beside each throughput target.
+DIAGNOSTIC = {"dbpool_threads": ("dbpool", THREADS), "persistent_aa": ("persistent", POOL_SIZE)}
 
 
 def vendor_of(url: str) -> str:

@@ -44,14 +44,12 @@ CONTENDERS = {
     "postgresql": ("persistent", "native", "dbcp", "dbpool", "dbpool_threads", "bound"),
     "mysql": ("persistent", "dbcp", "dbpool", "dbpool_threads", "bound"),
 }
-THREADS = 8
-POOL_SIZE = 4
-#: The diagnostics of web.py, by the same names: django_dbpool with a connection for every
-#: thread (what a checkout costs, with no thread ever waiting for one), and persistent
-#: connections with at most POOL_SIZE threads using theirs at a time (what waiting for one of
-#: POOL_SIZE costs by itself, with nothing checked out). Set beside "dbpool", they split what
-#: it adds over persistent connections into the checkout and the wait.
-DIAGNOSTIC = {"dbpool_threads": ("dbpool", THREADS)}
+THREADS = harness.THREADS
+POOL_SIZE = harness.POOL_SIZE
+#: web.py's diagnostics, by the same names (see ``harness.DIAGNOSTIC``): set beside
+#: "dbpool", they split what it adds over persistent connections into the checkout and the
+#: wait for one of POOL_SIZE connections.
+DIAGNOSTIC = harness.DIAGNOSTIC
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "8000"))
 #: Requests per thread before the measurement: opens the pool and warms the code paths.

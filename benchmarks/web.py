@@ -34,7 +34,7 @@ from tests.tcpproxy import tcp_proxy
 
 RESULTS = harness.HERE / "results"
 CONCURRENCY = (16, 64, 256)
-POOL_SIZE = 4
+POOL_SIZE = harness.POOL_SIZE
 #: The order of each round (reversed every other round). django_dbpool runs next to
 #: persistent connections and next to the other pool it is compared with; "persistent_aa"
 #: runs on persistent's other side, as close to it in time as django_dbpool is.
@@ -59,20 +59,8 @@ CONTENDERS = {
         "bound",
     ),
 }
-#: gunicorn threads per worker (benchsite/gunicorn.conf.py).
-THREADS = 8
-#: Not contenders of their own, each a site of another contender's kind:
-#: - "dbpool_threads": django_dbpool with MAX_SIZE equal to the threads, so that no thread
-#:   ever waits for a connection. Set against "dbpool" (MAX_SIZE 4, like every pool), it
-#:   separates what the bound of 4 costs from what a checkout costs.
-#: - "bound" (a site kind of its own, see benchsite.bounded): persistent connections, with at
-#:   most POOL_SIZE threads of a worker using theirs at a time. Nothing is checked out, so it
-#:   shows what the bound of 4 costs by itself, to set beside "dbpool" and "dbpool_threads".
-#: - "persistent_aa": a second site with persistent connections, identical to the first but
-#:   for its database. Its ratio to "persistent" (an A/A comparison: no difference to find)
-#:   is how far two runs of the same thing come apart on this machine, the measurement's
-#:   resolution, which the report sets beside each throughput target.
-DIAGNOSTIC = {"dbpool_threads": ("dbpool", THREADS), "persistent_aa": ("persistent", POOL_SIZE)}
+THREADS = harness.THREADS
+DIAGNOSTIC = harness.DIAGNOSTIC
 JITTER_CONTENDERS = ("connect", "native", "dbpool")
 #: One way: mean and spread, seconds.
 JITTER = (0.001, 0.0005)

@@ -104,6 +104,29 @@ def test_throughput_target_sets_each_miss_against_the_a_a_pair() -> None:
     assert report.aa_comparison(None, [16, 64], medians, 0.97) == ""
 
 
+def test_cpu_breakdown_sets_the_diagnostics_beside_django_dbpool_round_by_round() -> None:
+    report = _report()
+    cpu = {
+        "persistent": [700.0, 720.0, 690.0],
+        "dbpool": [760.0, 770.0, 750.0],
+        "dbpool_threads": [740.0, 760.0, 720.0],
+        "bound": [705.0, 700.0, 700.0],
+    }
+    rows = [
+        {"contender": contender, "round": rnd, "cpu_us": value}
+        for contender, values in cpu.items()
+        for rnd, value in enumerate(values, 1)
+    ]
+    text = report.cpu_breakdown(rows)
+    # Differences taken within each round (60, 50, 60 for django_dbpool), then the median.
+    assert "django_dbpool +60;" in text
+    assert "no thread waiting +40;" in text
+    assert "no pool +5" in text  # 5, -20, 10
+    # A run without the diagnostics says nothing about them.
+    plain = [row for row in rows if row["contender"] in ("persistent", "dbpool")]
+    assert report.cpu_breakdown(plain) == ""
+
+
 def test_pool_overhead_target_judges_the_table_ratio_and_gives_the_runs_spread() -> None:
     report = _report()
 
