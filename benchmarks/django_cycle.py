@@ -28,6 +28,7 @@ from typing import Any
 
 import environ
 from pool_cycle import run_contended
+from revision import revision
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -154,6 +155,7 @@ def main() -> int:
             {
                 "environment": {
                     "date": time.strftime("%Y-%m-%d"),
+                    "revision": revision(),
                     "cpus": os.cpu_count(),
                     "django": django.get_version(),
                     "pool_size": POOL_SIZE,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from report import RESULTS, pool_cycle_table
+from revision import revision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -188,6 +189,7 @@ def write_results(
     data = {
         "environment": {
             "date": time.strftime("%Y-%m-%d"),
+            "revision": revision(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "psycopg_pool": version("psycopg-pool"),

@@ -677,6 +677,23 @@ def describe(
     return text
 
 
+def provenance(results: dict[str, dict[str, Any] | None]) -> str:
+    """Which code each results file measured (``revision.py``), by label; empty when no file
+    records it (results from before it was recorded)."""
+    present = {label: data for label, data in results.items() if data}
+    if not any("revision" in data["environment"] for data in present.values()):
+        return ""
+    parts = [
+        f"{label} at {data['environment'].get('revision', 'a commit not recorded')}"
+        for label, data in present.items()
+    ]
+    return (
+        "Code measured (the commit checked out; +changes: with uncommitted changes to it): "
+        + ", ".join(parts)
+        + "."
+    )
+
+
 def sections(render: Callable[[Table], str], image: str | None, *, pool: bool = False) -> str:
     """Every table; with ``pool``, the pool's own overhead too (the README shows that one in
     a section of its own, Overhead)."""
@@ -687,6 +704,17 @@ def sections(render: Callable[[Table], str], image: str | None, *, pool: bool = 
     if pool_cycle:
         targets.append(pool_overhead_target(pool_cycle))
     out = [describe(web, cycle, cpu), ""]
+    measured = provenance(
+        {
+            "HTTP load": web,
+            "latency scenario": jitter,
+            "CPU time per request": cpu,
+            "Django-level cycle": cycle,
+            "pool overhead": pool_cycle,
+        }
+    )
+    if measured:
+        out += [measured, ""]
     if image and web:
         out += [image, ""]
     if targets:

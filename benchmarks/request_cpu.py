@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import harness
+from revision import revision
 
 from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR
 
@@ -175,6 +176,7 @@ def main() -> int:
     data = {
         "environment": {
             "date": time.strftime("%Y-%m-%d"),
+            "revision": revision(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "django": django.get_version(),

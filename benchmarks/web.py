@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import harness
+from revision import revision
 
 from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR
 from tests.tcpproxy import tcp_proxy
@@ -355,6 +356,7 @@ def environment() -> dict[str, Any]:
 
     return {
         "date": time.strftime("%Y-%m-%d"),
+        "revision": revision(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "django": django.get_version(),

@@ -127,6 +127,19 @@ def test_cpu_breakdown_sets_the_diagnostics_beside_django_dbpool_round_by_round(
     assert report.cpu_breakdown(plain) == ""
 
 
+def test_provenance_names_each_results_file_s_commit_or_says_it_was_not_recorded() -> None:
+    report = _report()
+    old = {"environment": {"date": "2026-12-01"}}
+    new = {"environment": {"date": "2026-12-03", "revision": "0123456789ab+changes"}}
+    text = report.provenance({"HTTP load": old, "CPU time per request": new, "cycle": None})
+    assert "HTTP load at a commit not recorded, CPU time per request at 0123456789ab+changes." in (
+        text
+    )
+    assert "cycle" not in text
+    # Results from before revisions were recorded: nothing to say.
+    assert report.provenance({"HTTP load": old, "cycle": None}) == ""
+
+
 def test_pool_overhead_target_judges_the_table_ratio_and_gives_the_runs_spread() -> None:
     report = _report()
 
