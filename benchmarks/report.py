@@ -329,6 +329,36 @@ def cpu_breakdown(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def diagnostics_over_http(
+    timed: list[dict[str, Any]], concurrencies: list[int], floor: float
+) -> str:
+    """The two diagnostic sites over persistent connections in the same HTTP rounds, beside
+    the target against persistent connections: django_dbpool with a connection for every
+    thread (the checkout, no wait) and persistent connections used by at most the pool size
+    of threads at a time (the wait, no pool). Where the second falls short of ``floor``, the
+    bound alone, with no pool code at all, misses the target. Empty for a run without the
+    diagnostics."""
+    threads = level_ratios(timed, "dbpool_threads", "persistent", concurrencies)
+    bound = level_ratios(timed, "bound", "persistent", concurrencies)
+    if threads is None or bound is None:
+        return ""
+    text = (
+        f"; the diagnostic rows over persistent, same rounds: {NAMES['dbpool_threads']} "
+        f"{threads.text()}; {NAMES['bound']} {bound.text()}"
+    )
+    short = [
+        str(concurrency)
+        for concurrency, ratio in zip(concurrencies, bound.medians, strict=True)
+        if ratio < floor
+    ]
+    if short:
+        text += (
+            f", below {floor:g}x at {' and '.join(short)} clients: with no pool at all, the "
+            "bound on threads at a time misses the target there too"
+        )
+    return text
+
+
 def web_targets(web: dict[str, Any], cpu: dict[str, Any] | None) -> list[Target]:
     targets = []
     for vendor, data in web["databases"].items():
@@ -371,6 +401,7 @@ def web_targets(web: dict[str, Any], cpu: dict[str, Any] | None) -> list[Target]
                     f"; CPU per request without HTTP, theirs over ours: {median(by_cpu):.2f}x"
                 )
             if other == "persistent":
+                measured += diagnostics_over_http(timed, concurrencies, floor)
                 measured += cpu_breakdown(cpu_rows)
             return Target(text, worst >= floor, measured)
 

@@ -104,6 +104,30 @@ def test_throughput_target_sets_each_miss_against_the_a_a_pair() -> None:
     assert report.aa_comparison(None, [16, 64], medians, 0.97) == ""
 
 
+def test_persistent_target_gives_the_diagnostic_rows_and_says_where_the_bound_misses() -> None:
+    report = _report()
+    rps = {
+        "persistent": {16: [1000, 1000, 1000], 64: [1000, 1000, 1000]},
+        "dbpool_threads": {16: [990, 1010, 950], 64: [960, 940, 980]},
+        # The bound alone: above 0.97 at 16 clients, below at 64.
+        "bound": {16: [1000, 980, 1020], 64: [950, 900, 930]},
+    }
+    timed = [
+        {"contender": contender, "round": rnd, "concurrency": concurrency, "rps": value}
+        for contender, levels in rps.items()
+        for concurrency, values in levels.items()
+        for rnd, value in enumerate(values, 1)
+    ]
+    text = report.diagnostics_over_http(timed, [16, 64], 0.97)
+    assert f"{report.NAMES['dbpool_threads']} 0.99x / 0.96x;" in text
+    assert f"{report.NAMES['bound']} 1.00x / 0.93x, below 0.97x at 64 clients:" in text
+    # Where the bound meets the floor everywhere, nothing is said of a miss.
+    assert "below" not in report.diagnostics_over_http(timed, [16, 64], 0.9)
+    # A run without the diagnostics says nothing about them.
+    plain = [row for row in timed if row["contender"] != "bound"]
+    assert report.diagnostics_over_http(plain, [16, 64], 0.97) == ""
+
+
 def test_cpu_breakdown_sets_the_diagnostics_beside_django_dbpool_round_by_round() -> None:
     report = _report()
     cpu = {
