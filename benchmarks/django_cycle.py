@@ -122,6 +122,7 @@ def main() -> int:
         LOGGING_CONFIG=None,
     )
     django.setup()
+    started = time.monotonic()
     aliases = [c for c in CONTENDERS if c[0] in settings.DATABASES]
     rows: dict[str, dict[str, Any]] = {
         alias: {
@@ -163,6 +164,7 @@ def main() -> int:
                     "cycles": CYCLES,
                     "seconds": SECONDS,
                     "rounds": ROUNDS,
+                    "elapsed_s": round(time.monotonic() - started),
                 },
                 "rows": rows,
             },

@@ -183,6 +183,7 @@ def write_results(
     single: dict[str, list[float]],
     throughput: dict[str, list[float]],
     fairness: dict[str, list[float]],
+    elapsed_s: int,
 ) -> dict[str, Any]:
     from importlib.metadata import version
 
@@ -199,6 +200,7 @@ def write_results(
             "duration": args.duration,
             "threads": threads,
             "shared": shared,
+            "elapsed_s": elapsed_s,
         },
         "rows": {
             name: {
@@ -224,6 +226,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.3, help="uncounted start, seconds")
     args = parser.parse_args()
     threads, shared = 16, 4
+    started = time.monotonic()
 
     single: dict[str, list[float]] = {name: [] for name in POOLS}
     throughput: dict[str, list[float]] = {name: [] for name in POOLS}
@@ -245,7 +248,8 @@ def main() -> None:
             fairness[name].append(max(counts) / min(counts) if min(counts) else float("inf"))
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
 
-    data = write_results(args, threads, shared, single, throughput, fairness)
+    elapsed_s = round(time.monotonic() - started)
+    data = write_results(args, threads, shared, single, throughput, fairness, elapsed_s)
     # The table report.py writes into the README, as markdown.
     print("\n" + pool_cycle_table(data).markdown())
 

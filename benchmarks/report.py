@@ -708,21 +708,39 @@ def describe(
     return text
 
 
+def duration(seconds: int) -> str:
+    """``seconds`` as a reader would say it: 45 s, 12 min, 1 h 05 min."""
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = (seconds + 30) // 60  # half a minute rounds up
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def provenance(results: dict[str, dict[str, Any] | None]) -> str:
-    """Which code each results file measured (``revision.py``), by label; empty when no file
-    records it (results from before it was recorded)."""
+    """Which code each results file measured (``revision.py``), by label, and how long its
+    run took where the file records it; empty when no file records the code (results from
+    before it was recorded)."""
     present = {label: data for label, data in results.items() if data}
     if not any("revision" in data["environment"] for data in present.values()):
         return ""
-    parts = [
-        f"{label} at {data['environment'].get('revision', 'a commit not recorded')}"
-        for label, data in present.items()
-    ]
-    return (
-        "Code measured (the commit checked out; +changes: with uncommitted changes to it): "
-        + ", ".join(parts)
-        + "."
+    parts = []
+    for label, data in present.items():
+        environment = data["environment"]
+        part = f"{label} at {environment.get('revision', 'a commit not recorded')}"
+        if "elapsed_s" in environment:
+            part += f" ({duration(environment['elapsed_s'])})"
+        parts.append(part)
+    elapsed = [data["environment"].get("elapsed_s") for data in present.values()]
+    timed = ", and how long each part ran" if any(e is not None for e in elapsed) else ""
+    text = (
+        "Code measured (the commit checked out; +changes: with uncommitted changes to it)"
+        f"{timed}: " + ", ".join(parts) + "."
     )
+    if len(elapsed) > 1 and None not in elapsed:
+        text += f" Together {duration(sum(elapsed))}, without starting the servers."
+    return text
 
 
 def sections(render: Callable[[Table], str], image: str | None, *, pool: bool = False) -> str:

@@ -173,6 +173,8 @@ def main() -> int:
         )
     import django
 
+    started = time.monotonic()
+    databases = run_all(urls)
     data = {
         "environment": {
             "date": time.strftime("%Y-%m-%d"),
@@ -184,8 +186,9 @@ def main() -> int:
             "pool_size": POOL_SIZE,
             "rounds": ROUNDS,
             "requests": REQUESTS,
+            "elapsed_s": round(time.monotonic() - started),
         },
-        "databases": run_all(urls),
+        "databases": databases,
     }
     out = harness.HERE / "results" / "request_cpu.json"
     out.parent.mkdir(exist_ok=True)

@@ -350,7 +350,7 @@ def server_version(url: str) -> str:
         conn.close()
 
 
-def environment() -> dict[str, Any]:
+def environment(elapsed_s: int) -> dict[str, Any]:
     import django
     import gunicorn
 
@@ -369,13 +369,17 @@ def environment() -> dict[str, Any]:
         "balance_attempts": BALANCE_ATTEMPTS,
         "seconds": SECONDS,
         "warmup": WARMUP,
+        "elapsed_s": elapsed_s,
     }
 
 
-def write(name: str, data: dict[str, Any]) -> None:
+def write(name: str, data: dict[str, Any], started: float) -> None:
+    """Write ``results/name``, with the environment and the wall time since ``started``
+    (``time.monotonic()``)."""
+    elapsed_s = round(time.monotonic() - started)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / name
-    path.write_text(json.dumps({"environment": environment(), **data}, indent=1) + "\n")
+    path.write_text(json.dumps({"environment": environment(elapsed_s), **data}, indent=1) + "\n")
     print(f"wrote {path.relative_to(harness.ROOT)}")
 
 
@@ -384,9 +388,11 @@ def main(argv: list[str]) -> int:
     which = argv[1:] or ["load", "jitter"]
     urls = database_urls()
     if "load" in which:
-        write("web.json", run_load(urls))
+        started = time.monotonic()
+        write("web.json", run_load(urls), started)
     if "jitter" in which:
-        write("jitter.json", run_jitter(urls))
+        started = time.monotonic()
+        write("jitter.json", run_jitter(urls), started)
     return 0
 
 

@@ -160,8 +160,33 @@ def test_provenance_names_each_results_file_s_commit_or_says_it_was_not_recorded
         text
     )
     assert "cycle" not in text
+    assert "Together" not in text  # the old file does not say how long it ran
     # Results from before revisions were recorded: nothing to say.
     assert report.provenance({"HTTP load": old, "cycle": None}) == ""
+
+
+def test_provenance_gives_each_part_s_run_time_and_their_sum() -> None:
+    report = _report()
+
+    def results(seconds: int) -> dict[str, Any]:
+        return {"environment": {"revision": "0123456789ab", "elapsed_s": seconds}}
+
+    text = report.provenance(
+        {"HTTP load": results(4_380), "latency scenario": results(45), "cycle": results(150)}
+    )
+    assert "HTTP load at 0123456789ab (1 h 13 min)" in text
+    assert "latency scenario at 0123456789ab (45 s)" in text
+    assert "cycle at 0123456789ab (3 min)" in text  # whole minutes, half a minute up
+    assert "Together 1 h 16 min, without starting the servers." in text
+    assert [report.duration(s) for s in (0, 59, 60, 89, 3_540, 3_570, 3_929)] == [
+        "0 s",
+        "59 s",
+        "1 min",
+        "1 min",
+        "59 min",
+        "1 h 00 min",
+        "1 h 05 min",
+    ]
 
 
 def test_pool_overhead_target_judges_the_table_ratio_and_gives_the_runs_spread() -> None:
