@@ -5,7 +5,8 @@ compares django_dbpool's Pool with psycopg_pool's ConnectionPool (getconn/putcon
 SQLAlchemy's QueuePool (connect/close), all over fake connections that do no I/O, in two
 scenarios:
 
-* single: one thread, acquire+release in a loop (per-cycle cost of the pool itself);
+* single: one thread, acquire+release in a loop (per-cycle cost of the pool itself), the
+  pools taking turns every few milliseconds (see :data:`CHUNKS`);
 * contended: 16 threads sharing 4 connections for a fixed time after a short warm-up
   (throughput, and fairness as the ratio of the most to the least completions of a thread).
 
@@ -129,14 +130,28 @@ POOLS: dict[str, Callable[[int], tuple[Ops, Callable[[], None]]]] = {
 }
 
 
-def run_single(ops: Ops, cycles: int) -> float:
-    """Seconds per acquire+release cycle, one thread."""
-    acquire, release = ops
+#: A run's single-thread cycles are timed in this many chunks, the pools taking turns chunk
+#: by chunk. This machine's speed changes from one second to the next: timed one after the
+#: other, a whole run each, two pools' times moved by up to 2x between runs of one process
+#: (a slow spell caught one pool and not the other), and their ratio from 0.55x to 1.07x.
+CHUNKS = 50
+
+
+def run_single(ops: dict[str, Ops], cycles: int) -> dict[str, float]:
+    """Seconds per acquire+release cycle, one thread, for each pool: ``cycles`` each, in
+    :data:`CHUNKS` turns (the order reversed every other turn)."""
+    per_chunk = max(cycles // CHUNKS, 1)
+    names = list(ops)
+    spent = dict.fromkeys(names, 0.0)
     gc.collect()
-    start = time.perf_counter()
-    for _ in range(cycles):
-        release(acquire())
-    return (time.perf_counter() - start) / cycles
+    for chunk in range(CHUNKS):
+        for name in names if chunk % 2 == 0 else names[::-1]:
+            acquire, release = ops[name]
+            start = time.perf_counter()
+            for _ in range(per_chunk):
+                release(acquire())
+            spent[name] += time.perf_counter() - start
+    return {name: total / (per_chunk * CHUNKS) for name, total in spent.items()}
 
 
 def run_contended(
@@ -232,12 +247,14 @@ def main() -> None:
     throughput: dict[str, list[float]] = {name: [] for name in POOLS}
     fairness: dict[str, list[float]] = {name: [] for name in POOLS}
     for round_ in range(args.rounds):
-        for name, make in POOLS.items():  # alternate: A B C A B C ...
-            ops, close = make(1)
-            try:
-                single[name].append(run_single(ops, args.cycles))
-            finally:
+        opened = {name: make(1) for name, make in POOLS.items()}
+        try:
+            times = run_single({name: ops for name, (ops, _) in opened.items()}, args.cycles)
+        finally:
+            for _, close in opened.values():
                 close()
+        for name, seconds in times.items():
+            single[name].append(seconds)
         for name, make in POOLS.items():
             ops, close = make(shared)
             try:
