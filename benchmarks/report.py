@@ -725,14 +725,15 @@ def provenance(results: dict[str, dict[str, Any] | None]) -> str:
     present = {label: data for label, data in results.items() if data}
     if not any("revision" in data["environment"] for data in present.values()):
         return ""
-    parts = []
+    parts, elapsed = [], []
     for label, data in present.items():
         environment = data["environment"]
         part = f"{label} at {environment.get('revision', 'a commit not recorded')}"
-        if "elapsed_s" in environment:
-            part += f" ({duration(environment['elapsed_s'])})"
+        seconds = environment.get("elapsed_s")
+        if seconds is not None:
+            part += f" ({duration(seconds)})"
         parts.append(part)
-    elapsed = [data["environment"].get("elapsed_s") for data in present.values()]
+        elapsed.append(seconds)
     timed = ", and how long each part ran" if any(e is not None for e in elapsed) else ""
     text = (
         "Code measured (the commit checked out; +changes: with uncommitted changes to it)"
