@@ -16,7 +16,8 @@ setting                              default   meaning
                                      tagging   ``{host}``, ``{pid}``, ``{alias}``)
 ``DBPOOL_SQL_COMMENT_REQUEST_ID``    ``False`` add the request id to query comments
 ``DBPOOL_STATS_DIR``                 ``None``  where processes publish their pool stats
-                                               (None: a per-project temp directory)
+                                               (None: a per-user, per-project temp
+                                               directory); must be this user's alone
 ``DBPOOL_STATS_INTERVAL``            ``1.0``   seconds between publications (0: never)
 ==================================== ========= =============================================
 """

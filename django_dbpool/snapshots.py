@@ -2,9 +2,17 @@
 
 Each process with a pool publishes its stats about once a second (``DBPOOL_STATS_INTERVAL``)
 to ``<DBPOOL_STATS_DIR>/<host>-<pid>.json``, from a background thread (never on the
-checkout path), written atomically (a temporary file, then ``os.replace``). Reading the
+checkout path), written atomically (a new temporary file, then ``os.replace``). Reading the
 directory gives every pooled process on the host: ``poolstats``, the metrics and the admin
-page all read it. Files of processes that are gone are skipped and removed.
+page all read it through :func:`read_snapshots`. Files of processes that are gone are
+skipped and removed.
+
+Whoever can write to the directory can forge, hide or delete the figures, so it must be this
+user's alone: a real directory (not a symbolic link), owned by this process's user and
+writable by no one else (the default one has the uid in its name; a missing one is created
+with mode 0700). Otherwise nothing is published there or read from it, and one warning per
+process says why. Files are opened without following symbolic links, and a file that is not
+a well-formed snapshot is skipped with a warning naming it: no reader crashes on one.
 
 A process's file: ``{"pid", "host", "process", "started_at", "updated_at", "interval",
 "pools": {alias: {"vendor", "stats" (PoolStats.as_dict()), "checkouts_per_second",
@@ -15,24 +23,30 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
+import secrets
 import socket
+import stat
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
 from .pool import PoolStats
+from .pool.stats import CLOSE_REASONS, COUNTERS, GAUGES, HISTOGRAMS, Histogram
 
 __all__ = [
+    "check_stats_dir",
     "disable_publishing",
     "ensure_publisher",
     "publish_now",
@@ -52,11 +66,20 @@ _publishing = False
 _publisher_lock = threading.Lock()
 _directory: Path | None = None  # where this process publishes, fixed when publishing starts
 _previous: dict[str, tuple[float, int]] = {}  # alias -> (when, acquired) for rates
+# (path, message) of the warnings given: the publisher and the readers run every second
+# or so, and a refused directory or a bad file is worth one warning per process, not one
+# per tick.
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+#: The largest snapshot file read; ours take a few kilobytes per alias.
+MAX_DOCUMENT_BYTES = 1 << 20
 
 
 def stats_dir() -> Path:
     """``DBPOOL_STATS_DIR``, or a directory under the system temp directory that is distinct
-    per project (derived from the settings module's name and file)."""
+    per user and per project (named after the uid, and derived from the settings module's
+    name and file). Only the path: :func:`check_stats_dir` says whether it may be used."""
     from .conf import app_settings
 
     configured = app_settings.STATS_DIR
@@ -66,7 +89,94 @@ def stats_dir() -> Path:
     module = sys.modules.get(module_name)
     origin = f"{module_name}:{getattr(module, '__file__', '')}"
     digest = hashlib.sha256(origin.encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"django_dbpool-{module_name.split('.')[0]}-{digest}"
+    project = module_name.split(".")[0]
+    return Path(tempfile.gettempdir()) / f"django_dbpool-{os.geteuid()}-{project}-{digest}"
+
+
+def check_stats_dir(directory: Path | None = None) -> str | None:
+    """Why ``directory`` (default: :func:`stats_dir`) is refused for pool stats, naming the
+    path, what is wrong and how to fix it; None when it may be used or does not exist yet.
+    Creates nothing and logs nothing."""
+    try:
+        handle = _open_directory(directory or stats_dir(), create=False)
+    except _Refused as refused:
+        return str(refused)
+    if handle is not None:
+        os.close(handle)
+    return None
+
+
+class _Refused(Exception):
+    """The stats directory may not be used; the message says why and how to fix it."""
+
+
+_FIX = (
+    "Set DBPOOL_STATS_DIR to a directory owned by this user that no one else can write "
+    "(a missing one is created with mode 0700)"
+)
+
+
+def _refused(directory: Path, what: str, remedy: str = "") -> _Refused:
+    return _Refused(
+        f"Not publishing or reading pool stats in {directory}: it {what}. {_FIX}{remedy}."
+    )
+
+
+def _open_directory(directory: Path, *, create: bool) -> int | None:
+    # A descriptor of the checked directory (None: it does not exist). Every file operation
+    # goes through it, so the path cannot be swapped for another directory after the check.
+    if create:
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass  # checked below like any existing one
+        except OSError as exc:
+            raise _refused(directory, f"cannot be created ({exc.strerror})") from None
+    try:
+        status = os.lstat(directory)  # lstat: a symbolic link is judged, not its target
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _refused(directory, f"cannot be examined ({exc.strerror})") from None
+    if stat.S_ISLNK(status.st_mode):
+        raise _refused(directory, "is a symbolic link", ", or remove the link")
+    if not stat.S_ISDIR(status.st_mode):
+        raise _refused(directory, "is not a directory", ", or remove it")
+    if status.st_uid != os.geteuid():
+        raise _refused(
+            directory,
+            f"belongs to another user (uid {status.st_uid}; this process runs as uid "
+            f"{os.geteuid()}), who could forge, hide or delete the figures",
+            ", or remove it",
+        )
+    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise _refused(
+            directory,
+            f"is writable by other users (mode {stat.S_IMODE(status.st_mode):o}), who could "
+            "forge, hide or delete the figures",
+            f", or make it private: chmod 700 {directory}",
+        )
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        handle = os.open(directory, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _refused(directory, f"cannot be opened ({exc.strerror})") from None
+    opened = os.fstat(handle)
+    if (opened.st_dev, opened.st_ino) != (status.st_dev, status.st_ino):
+        os.close(handle)
+        raise _refused(directory, "was replaced while it was being checked")
+    return handle
+
+
+def _warn_once(path: Path, message: str) -> None:
+    with _warned_lock:
+        if (str(path), message) in _warned:
+            return
+        _warned.add((str(path), message))
+    logger.warning("%s", message)
 
 
 def disable_publishing() -> None:
@@ -104,11 +214,12 @@ def _start_publisher() -> None:
 
 
 def _forget_parent_publisher() -> None:
-    # In a forked child: the parent's publisher thread did not come along, and its lock may
+    # In a forked child: the parent's publisher thread did not come along, and its locks may
     # have been held by a thread that does not exist here.
-    global _publishing, _publisher_lock
+    global _publishing, _publisher_lock, _warned_lock
     _publishing = False
     _publisher_lock = threading.Lock()
+    _warned_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_parent_publisher)
@@ -124,12 +235,14 @@ def _publish_loop(interval: float) -> None:
         time.sleep(interval)
 
 
-def _own_file(directory: Path) -> Path:
-    return directory / f"{_HOST}-{os.getpid()}.json"
+def _own_name() -> str:
+    return f"{_HOST}-{os.getpid()}.json"
 
 
-def publish_now() -> Path | None:
-    """Write this process's snapshot now; returns its path (None without pools)."""
+def publish_now(directory: Path | None = None) -> Path | None:
+    """Write this process's snapshot now, in ``directory`` (default: where this process
+    publishes); returns its path. None without pools, or when the directory is refused
+    (see :func:`check_stats_dir`; that is logged once per process, not raised)."""
     from .backends.base import pools
     from .conf import app_settings
 
@@ -163,19 +276,37 @@ def publish_now() -> Path | None:
         "interval": app_settings.STATS_INTERVAL,
         "pools": entries,
     }
-    directory = _directory or stats_dir()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    target = _own_file(directory)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+    directory = directory or _directory or stats_dir()
     try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(document, out)
-        os.replace(temporary, target)
+        handle = _open_directory(directory, create=True)
+    except _Refused as refused:
+        _warn_once(directory, str(refused))
+        return None
+    if handle is None:
+        return None  # removed since it was created: the next publication creates it again
+    name = _own_name()
+    try:
+        _write(handle, name, json.dumps(document).encode())
+    finally:
+        os.close(handle)
+    return directory / name
+
+
+def _write(directory: int, name: str, data: bytes) -> None:
+    # A new file (O_EXCL: never one that exists; O_NOFOLLOW: never through a link), renamed
+    # over the old one: readers see the old document or the new one, never half of one, and
+    # a symbolic link planted at the name is replaced, not written through.
+    temporary = f".{name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    handle = os.open(temporary, flags, 0o600, dir_fd=directory)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=directory)
         raise
-    return target
 
 
 def process_name(argv: list[str]) -> str:
@@ -216,28 +347,221 @@ def forget_own_snapshot() -> None:
     forget_process()
     if _directory is None or _publisher_pid != os.getpid():
         return
-    with contextlib.suppress(OSError):
-        _own_file(_directory).unlink()
+    try:
+        handle = _open_directory(_directory, create=False)
+    except _Refused:
+        return  # nothing was published there
+    if handle is None:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.unlink(_own_name(), dir_fd=handle)
+    finally:
+        os.close(handle)
     with contextlib.suppress(OSError):
         _directory.rmdir()  # only when no other process publishes there any more
 
 
 def read_snapshots(directory: Path | None = None) -> list[dict[str, Any]]:
-    """Every live process's latest snapshot on this host, oldest process first. Files of
-    processes that no longer exist are removed."""
+    """Every live process's latest snapshot on this host, oldest process first, each a
+    well-formed document (every field the readers use is present, of its type and in its
+    range). Never raises for what it finds: a refused directory (see
+    :func:`check_stats_dir`) gives none and one warning per process; a file that is not a
+    well-formed snapshot, or is a symbolic link, is skipped with a warning naming it. Files
+    of processes that no longer exist are removed."""
     directory = directory or stats_dir()
+    try:
+        handle = _open_directory(directory, create=False)
+    except _Refused as refused:
+        _warn_once(directory, str(refused))
+        return []
+    if handle is None:
+        return []
     snapshots = []
-    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+    try:
         try:
-            document = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # being replaced right now, or not ours
-        if document.get("host") == _HOST and not _alive(int(document.get("pid", 0))):
-            with contextlib.suppress(OSError):
-                path.unlink()
-            continue
-        snapshots.append(document)
-    return sorted(snapshots, key=lambda d: (d.get("started_at", 0), d.get("pid", 0)))
+            names = sorted(os.listdir(handle))
+        except OSError as exc:
+            _warn_once(directory, f"Cannot list the pool stats directory {directory}: {exc}")
+            names = []
+        for name in names:
+            if name.startswith(".") or not name.endswith(".json"):
+                continue  # a publisher's temporary file, or not a snapshot
+            try:
+                document = _load(handle, name)
+            except FileNotFoundError:
+                continue  # removed since the listing: its process has just exited
+            except (OSError, ValueError) as exc:
+                path = directory / name
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                _warn_once(path, f"Skipping the pool stats file {path}: {reason}.")
+                continue
+            if document["host"] == _HOST and not _alive(document["pid"]):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=handle)
+                continue
+            snapshots.append(document)
+    finally:
+        os.close(handle)
+    return sorted(snapshots, key=lambda d: (d["started_at"], d["pid"]))
+
+
+def _load(directory: int, name: str) -> dict[str, Any]:
+    # O_NOFOLLOW: a symbolic link is refused, never followed; O_NONBLOCK: a FIFO under a
+    # snapshot's name cannot hang the reader (it is refused as not a regular file).
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        handle = os.open(name, flags, dir_fd=directory)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # Linux, BSD: the name is a link
+            raise _Invalid("it is a symbolic link, which is not followed") from None
+        raise
+    with os.fdopen(handle, "rb") as file:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise _Invalid("it is not a regular file")
+        data = file.read(MAX_DOCUMENT_BYTES + 1)
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise _Invalid(f"it is larger than {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        document = json.loads(data, parse_constant=_not_a_number)
+    except RecursionError:
+        raise _Invalid("it is nested too deeply") from None
+    except ValueError as exc:
+        raise _Invalid(f"it is not JSON ({exc})") from None
+    return _document(document)
+
+
+class _Invalid(ValueError):
+    """A snapshot file that is not a well-formed document; the message says what is wrong."""
+
+
+def _not_a_number(name: str) -> float:
+    raise _Invalid(f"it holds {name}, which no snapshot has")
+
+
+def _document(value: object) -> dict[str, Any]:
+    # The document rebuilt from the fields checked, and only those: the readers may index it
+    # and add its figures up without checking again. Unknown keys (a newer release's) are
+    # left out rather than refused.
+    if not isinstance(value, dict):
+        raise _Invalid("it is not a JSON object")
+    return _checked(value, _SCHEMA, "")  # type: ignore[no-any-return]
+
+
+def _checked(value: Any, schema: Any, where: str) -> Any:
+    if callable(schema):
+        return schema(value, where)
+    if not isinstance(value, dict):
+        raise _Invalid(f"{where} is {_shown(value)}, not an object")
+    checked = {}
+    for key, inner in schema.items():
+        at = f"{where}.{key}" if where else key
+        if key not in value:
+            raise _Invalid(f"{at} is missing")
+        checked[key] = _checked(value[key], inner, at)
+    return checked
+
+
+def _shown(value: object) -> str:
+    text = repr(value)  # repr: no control character reaches the log
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _count_in(minimum: int, maximum: int) -> Callable[[Any, str], int]:
+    def count(value: Any, where: str) -> int:
+        # bool is an int subclass, and never a count.
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise _Invalid(
+                f"{where} is {_shown(value)}, not a whole number in [{minimum}, {maximum}]"
+            )
+        return value
+
+    return count
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT:
+        return value
+    if isinstance(value, float) and 0 <= value < math.inf:  # NaN fails every comparison
+        return value
+    raise _Invalid(f"{where} is {_shown(value)}, not a finite number >= 0")
+
+
+def _number_or_none(value: Any, where: str) -> float | None:
+    return None if value is None else _number(value, where)
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"{where} is {_shown(value)}, not true or false")
+    return value
+
+
+def _text(limit: int) -> Callable[[Any, str], str]:
+    def text(value: Any, where: str) -> str:
+        if not isinstance(value, str) or len(value) > limit:
+            raise _Invalid(f"{where} is {_shown(value)}, not a text of at most {limit} characters")
+        return value
+
+    return text
+
+
+def _options(value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"{where} is {_shown(value)}, not an object")
+    return {_text(64)(key, where): _number(n, f"{where}[{key!r}]") for key, n in value.items()}
+
+
+def _histogram(value: Any, where: str) -> dict[str, Any]:
+    histogram: dict[str, Any] = _checked(value, _HISTOGRAM, where)
+    cumulative = list(histogram["buckets"].values())
+    if cumulative != sorted(cumulative) or cumulative[-1] != histogram["count"]:
+        raise _Invalid(f"{where}.buckets are not cumulative counts up to {where}.count")
+    return histogram
+
+
+def _pools(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"{where} is {_shown(value)}, not an object")
+    return {
+        _text(200)(alias, where): _checked(entry, _POOL, f"{where}[{alias!r}]")
+        for alias, entry in value.items()
+    }
+
+
+_MAX_COUNT = 2**63 - 1
+_count = _count_in(0, _MAX_COUNT)
+_HISTOGRAM = {
+    "count": _count,
+    "sum": _number,
+    "max": _number,
+    # The bucket bounds are fixed, so that processes (and releases) can be summed.
+    "buckets": dict.fromkeys(Histogram().snapshot().as_dict()["buckets"], _count),
+}
+_POOL = {
+    "vendor": _text(64),
+    "stats": {
+        "name": _text(200),
+        "gauges": {name: _flag if name == "unavailable_now" else _count for name in GAUGES},
+        "counters": {
+            **dict.fromkeys(COUNTERS, _count),
+            "closed": dict.fromkeys(CLOSE_REASONS, _count),
+        },
+        "histograms": dict.fromkeys(HISTOGRAMS, _histogram),
+    },
+    "checkouts_per_second": _number,
+    "wait_p99_seconds": _number_or_none,
+    "options": _options,
+}
+_SCHEMA = {
+    "pid": _count_in(1, 2**31 - 1),  # os.kill() overflows past a C int
+    "host": _text(255),
+    "process": _text(1000),
+    "started_at": _number,
+    "updated_at": _number,
+    "interval": _number,
+    "pools": _pools,
+}
 
 
 def _alive(pid: int) -> bool:

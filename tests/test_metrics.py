@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection, connections
@@ -10,6 +12,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from django_dbpool import snapshots
 from tests.conftest import wsgi_get
+from tests.test_stats_dir import snapshot_document, write
 
 
 def sample(name: str, **labels: str) -> float:
@@ -77,6 +80,22 @@ def test_pool_series_match_the_pool() -> None:
     names = series(text)
     assert len(names) == len(set(names))  # no duplicate series
     assert re.search(r'django_dbpool_connections_closed_total\{alias="default",reason="idle"', text)
+
+
+def test_a_bad_snapshot_is_skipped_and_the_scrape_still_answers(
+    tmp_path: Path, settings: Any
+) -> None:
+    directory = tmp_path / "stats"
+    directory.mkdir(mode=0o700)
+    settings.DBPOOL_STATS_DIR = str(directory)
+    write(directory, snapshot_document(pid=424242))
+    bad = snapshot_document(pid=515151)
+    bad["pools"]["default"]["stats"]["gauges"]["in_use"] = "many"
+    write(directory, bad)
+    text = generate_latest(REGISTRY).decode()  # what /metrics serves
+    labels = 'alias="default",vendor="postgresql"'
+    assert f"django_dbpool_processes{{{labels}}} 1.0" in text
+    assert f"django_dbpool_checkouts_total{{{labels}}} 1.0" in text
 
 
 def test_metrics_view_is_served() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from tests import processes
+from tests.test_stats_dir import snapshot_document, write
 
 
 def poolstats(stats_dir: Path, *args: str, check: bool = True) -> dict[str, object]:
@@ -55,6 +57,38 @@ def test_poolstats_without_publishers_says_where_it_looked(
     settings.DBPOOL_STATS_DIR = str(tmp_path / "nothing")  # type: ignore[attr-defined]
     with pytest.raises(CommandError, match=r"No process publishes pool stats in .*nothing"):
         call_command("poolstats")
+
+
+def test_poolstats_refuses_a_directory_others_can_write(tmp_path: Path, settings: object) -> None:
+    directory = tmp_path / "stats"
+    directory.mkdir(mode=0o700)
+    write(directory, snapshot_document())
+    directory.chmod(0o777)
+    settings.DBPOOL_STATS_DIR = str(directory)  # type: ignore[attr-defined]
+    with pytest.raises(CommandError) as refused:
+        call_command("poolstats")
+    message = str(refused.value)
+    assert f"Not publishing or reading pool stats in {directory}" in message
+    assert "writable by other users" in message
+    assert "DBPOOL_STATS_DIR" in message
+
+
+def test_poolstats_prints_no_control_characters_from_a_snapshot(
+    tmp_path: Path, settings: object
+) -> None:
+    directory = tmp_path / "stats"
+    directory.mkdir(mode=0o700)
+    settings.DBPOOL_STATS_DIR = str(directory)  # type: ignore[attr-defined]
+    # Retitle the terminal, clear the screen, a C1 CSI, right-to-left override.
+    write(directory, snapshot_document(alias="evil\x1b]0;owned\x07\x1b[2J\x9b\u202e"))
+    shown = {}
+    for args in [(), ("--json",)]:
+        out = io.StringIO()
+        call_command("poolstats", *args, stdout=out)
+        shown[args] = out.getvalue()
+        assert all(c == "\n" or c.isprintable() for c in shown[args]), shown[args]
+    # Escaped, not dropped: the odd alias is still there to be noticed.
+    assert "evil\\x1b]0;owned\\x07\\x1b[2J\\x9b\\u202e" in shown[()]
 
 
 @pytest.mark.django_db(transaction=True)

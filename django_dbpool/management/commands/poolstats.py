@@ -68,7 +68,12 @@ class Command(BaseCommand):
 
     def _report(self, server: bool, require: bool) -> dict[str, Any]:
         directory = snapshots.stats_dir()
-        processes = snapshots.read_snapshots(directory)
+        # A directory others could write to is not read: its refusal is the answer (and
+        # stays on screen under --watch, where a logged warning would scroll away).
+        refused = snapshots.check_stats_dir(directory)
+        processes = [] if refused else snapshots.read_snapshots(directory)
+        if require and refused and not server:
+            raise CommandError(refused)
         if require and not processes and not server:
             raise CommandError(
                 f"No process publishes pool stats in {directory}.\n"
@@ -83,6 +88,8 @@ class Command(BaseCommand):
             "processes": processes,
             "totals": snapshots.totals(processes),
         }
+        if refused:
+            report["refused"] = refused
         if server:
             report["server"] = {alias: server_view(alias) for alias in pooled_aliases()}
         return report
@@ -90,7 +97,7 @@ class Command(BaseCommand):
     def _render(self, report: dict[str, Any], as_json: bool) -> str:
         if as_json:
             return json.dumps(report, indent=2, default=str) + "\n"
-        lines = [f"Pool stats from {report['directory']}", ""]
+        lines = [f"Pool stats from {_printable(report['directory'])}", ""]
         header = "".join(name.rjust(width) for name, width in COLUMNS)
         lines.append(header)
         for process in report["processes"]:
@@ -112,7 +119,9 @@ class Command(BaseCommand):
                     counters["leaks"],
                 )
                 lines.append(_row(values))
-        if not report["processes"]:
+        if "refused" in report:
+            lines.append(_printable(report["refused"]))
+        elif not report["processes"]:
             lines.append("(no publishing process)")
         lines += ["", "Totals per alias"]
         for alias, total in report["totals"].items():
@@ -142,12 +151,22 @@ class Command(BaseCommand):
             for group in view["groups"]:
                 age = group["oldest_transaction_seconds"]
                 lines.append(
-                    f"{group['connections']:>12}  {group['state']:<22}"
-                    f"{'' if age is None else f'{age:.0f}s':>11}  {group['tag']}"
+                    f"{group['connections']:>12}  {_printable(group['state']):<22}"
+                    f"{'' if age is None else f'{age:.0f}s':>11}  {_printable(group['tag'])}"
                 )
         return "\n".join(lines) + "\n"
 
 
 def _row(values: tuple[Any, ...]) -> str:
     cells = zip(values, COLUMNS, strict=True)
-    return "".join(str(value).rjust(width) for value, (_, width) in cells)
+    return "".join(_printable(value).rjust(width) for value, (_, width) in cells)
+
+
+def _printable(value: object) -> str:
+    # Aliases come from files in the stats directory, connection tags from any client of
+    # the database: shown escaped (\x1b), a control character cannot move the cursor,
+    # retitle the terminal or hide a row. (--json escapes them already.)
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
