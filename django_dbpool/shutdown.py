@@ -5,11 +5,21 @@
 - SIGTERM and SIGINT handlers, in the main thread only, that mark the process draining and
   then **chain** to the handler installed before them (gunicorn's, uvicorn's, runserver's,
   Celery's), so the server keeps its own graceful behaviour. Where that earlier handler was
-  the default one, the pools are drained right away and the process then dies of the same
-  signal, with the conventional exit status. A second signal during a drain stops waiting.
+  the default one, the process closes its pools within about a second (idle connections
+  closed, the main thread's connection rolled back and closed, statements in flight cut
+  off) and then dies of the same signal, with the conventional exit status. A second signal
+  during a drain stops the wait. A handler installed outside Python (``getsignal()`` gives
+  None: an embedding server such as uWSGI) is left in place.
 - an ``atexit`` hook that drains every pool: borrowed connections get up to
-  ``DRAIN_TIMEOUT`` to come back, then every connection is closed cleanly (an open
-  transaction is rolled back by the server when its session ends normally).
+  ``DRAIN_TIMEOUT`` to come back (those of threads that have exited come back at once), then
+  every connection is closed cleanly (an open transaction is rolled back by the server when
+  its session ends normally).
+
+A signal handler runs in the main thread between two of its bytecodes, maybe inside the
+driver or the pool with their locks held, so it never takes those locks itself: the work
+runs on a thread of its own, which the handler waits for a bounded time. A thread stuck in a
+driver call that does not return to Python for signals (mysqlclient retries its reads) is
+cut loose by a watcher thread woken through ``signal.set_wakeup_fd``.
 
 Exit paths that skip ``atexit`` have hooks: :func:`gunicorn_worker_exit` for gunicorn's
 ``worker_exit`` setting, and Celery's ``worker_process_shutdown`` signal, connected
@@ -24,6 +34,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -43,6 +54,14 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _draining = threading.Event()
 _exiting = False
 _previous: dict[int, Any] = {}
+#: How long a process dying of a signal waits for connections other threads hold.
+EXIT_DRAIN_SECONDS = 1.0
+#: How long the watcher lets the main thread take a signal before cutting its connections.
+HANDLER_GRACE_SECONDS = 0.25
+_NOT_OURS = object()
+# Set once a signal's default action is under way: the handler is running.
+_dying = threading.Event()
+_foreign_logged = False
 # Pools being drained right now: a second signal cuts their wait short.
 _in_drain: list[Pool[Any]] = []
 _in_drain_lock = threading.Lock()
@@ -103,6 +122,14 @@ def _abort_drain() -> None:
         pool.close(timeout=0)
 
 
+def _off_the_main_thread(work: Callable[[], object], wait: float) -> None:
+    # Runs work on a thread of its own and waits for it at most `wait` seconds: from a
+    # signal handler, which must not take a lock the code it interrupted may hold.
+    thread = threading.Thread(target=work, name="django_dbpool shutdown", daemon=True)
+    thread.start()
+    thread.join(wait)
+
+
 def gunicorn_worker_exit(server: object, worker: object) -> None:
     """gunicorn ``worker_exit`` hook: ``worker_exit = gunicorn_worker_exit`` in the
     gunicorn configuration file drains the worker's pools as it exits."""
@@ -123,7 +150,7 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     if _draining.is_set() and (_exiting or _in_drain):
         # A second signal while we wait: stop waiting.
         logger.warning("signal %d during the drain: closing borrowed connections now", signum)
-        _abort_drain()
+        _off_the_main_thread(_abort_drain, 0)
         return
     _draining.set()
     previous = _previous.get(signum, signal.SIG_DFL)
@@ -132,14 +159,139 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         return
     if previous == signal.SIG_IGN:
         return
-    # The default action was to die at once: drain first, then die the same way.
-    logger.info("signal %d: draining database pools before exit", signum)
-    close_all_pools()
-    from .snapshots import forget_own_snapshot
-
-    forget_own_snapshot()  # dying of the signal skips atexit
+    # The default action was to die at once: close the pools first, then die the same way.
+    _dying.set()
+    logger.info("signal %d: closing database pools before exit", signum)
+    own = _own_connections()
+    _off_the_main_thread(lambda: _close_before_dying(own), EXIT_DRAIN_SECONDS + 1.0)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _own_connections() -> list[tuple[Pool[Any], Any, bool]]:
+    # This (the main) thread's pooled connections, read without taking any lock: (pool,
+    # connection, whether this thread was interrupted inside the driver with it).
+    from django.db import connections
+
+    from .backends.base import PooledWrapperMixin
+
+    own = []
+    for wrapper in connections.all(initialized_only=True):
+        if isinstance(wrapper, PooledWrapperMixin):
+            held = wrapper.dbpool_held()
+            if held is not None:
+                own.append(held)
+    return own
+
+
+def _close_before_dying(own: list[tuple[Pool[Any], Any, bool]]) -> None:
+    # On a thread of its own while the main thread waits in the signal handler, so it can
+    # neither use nor give back its connections meanwhile: those it holds between two
+    # statements go back here (rolled back, then closed with the pool); one it was using
+    # inside the driver is cut off (PostgreSQL: its statement cancelled), as are those
+    # other threads still hold after EXIT_DRAIN_SECONDS.
+    from .backends.base import pools
+    from .snapshots import forget_own_snapshot
+
+    for pool, connection, busy in own:
+        if not busy:
+            try:
+                pool.release(connection)
+            except Exception:
+                logger.debug("giving back the main thread's connection failed", exc_info=True)
+    main = threading.main_thread()
+    for pool in pools().values():
+        pool.cut_off(main)
+    close_all_pools(timeout=EXIT_DRAIN_SECONDS)
+    forget_own_snapshot()  # dying of the signal skips atexit
+
+
+def _watch_wakeups(read_fd: int) -> None:
+    # The watcher thread. Python's own signal handler writes each caught signal's number to
+    # the wakeup descriptor, whatever the main thread is doing; the Python-level handler
+    # runs only once the main thread is back in Python. A main thread inside mysqlclient
+    # (which retries an interrupted read) would not be back before its statement ends.
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in set(data):
+            if _previous.get(signum, _NOT_OURS) == signal.SIG_DFL and not _dying.is_set():
+                _unstick_main_thread()
+
+
+def _unstick_main_thread() -> None:
+    if _dying.wait(HANDLER_GRACE_SECONDS):
+        return  # the handler runs: it does the rest
+    # The main thread is inside a driver call: cut off the connections it holds, so that
+    # the call fails, the main thread gets back to Python, and the handler runs.
+    from .backends.base import pools
+
+    main = threading.main_thread()
+    for pool in pools().values():
+        pool.cut_off(main)
+
+
+class _Watcher:
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        self.thread = threading.Thread(
+            target=_watch_wakeups, args=(self.read_fd,), name="django_dbpool signals", daemon=True
+        )
+
+
+_watcher: _Watcher | None = None
+
+
+def _start_watcher() -> None:
+    # Only where a signal's default action (death) is underneath our handler, in the main
+    # thread, and only if nobody else uses the wakeup descriptor (asyncio's loop does).
+    global _watcher
+    if _watcher is not None or signal.SIG_DFL not in _previous.values():
+        return
+    watcher = _Watcher()
+    try:
+        current = signal.set_wakeup_fd(watcher.write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread
+        current = None
+    if current != -1:
+        if current is not None:
+            signal.set_wakeup_fd(current)
+        os.close(watcher.read_fd)
+        os.close(watcher.write_fd)
+        return
+    _watcher = watcher
+    watcher.thread.start()
+
+
+def _forget_watcher_in_child() -> None:
+    # The child inherits the wakeup descriptor but not the watcher thread: a signal the
+    # child catches would wake the parent's watcher. Point the child's copies at /dev/null
+    # (closing them would let a new file take the descriptor number), then start a watcher
+    # of the child's own if it forked from its main thread.
+    global _watcher
+    watcher, _watcher = _watcher, None
+    if watcher is None:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(devnull, watcher.write_fd)
+        os.dup2(devnull, watcher.read_fd)
+    finally:
+        os.close(devnull)
+    try:
+        if signal.set_wakeup_fd(-1) != watcher.write_fd:
+            return
+    except ValueError:  # forked from another thread: the main thread's setting stays
+        return
+    _start_watcher()
+
+
+os.register_at_fork(after_in_child=_forget_watcher_in_child)
 
 
 def install(handlers: bool = True) -> None:
@@ -148,12 +300,28 @@ def install(handlers: bool = True) -> None:
     atexit.unregister(_at_exit)
     atexit.register(_at_exit)
     if handlers and threading.current_thread() is threading.main_thread():
+        foreign = []
         for signum in _SIGNALS:
             current = signal.getsignal(signum)
             if current is _handle:
                 continue
+            if current is None:
+                # Installed outside Python: Python could not chain to it.
+                foreign.append(signal.Signals(signum).name)
+                continue
             _previous[signum] = current
             signal.signal(signum, _handle)
+        _start_watcher()
+        global _foreign_logged
+        if foreign and not _foreign_logged:
+            _foreign_logged = True
+            logger.info(
+                "%s: a handler installed outside Python (an embedding server such as uWSGI) "
+                "is left in place, so django_dbpool's drain handlers are not installed for "
+                "it. Drain the pools from the server's own shutdown hook: call "
+                "django_dbpool.shutdown.close_all_pools() (uWSGI: uwsgi.atexit).",
+                " and ".join(foreign),
+            )
     try:
         from celery.signals import worker_process_shutdown
     except ImportError:

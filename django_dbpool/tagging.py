@@ -114,10 +114,15 @@ def _cached_comment(items: tuple[tuple[str, str], ...], escape_percent: bool) ->
     return sql_comment(dict(items), escape_percent)
 
 
-def with_comment(sql: str, tags: Mapping[str, str], escape_percent: bool) -> str:
-    """``sql`` with the comment appended (before a final semicolon, if any). The rendered
-    comment is cached: a request's statements share their tags."""
+def with_comment(
+    sql: str, tags: Mapping[str, str], escape_percent: bool, at: int | None = None
+) -> str:
+    """``sql`` with the comment appended (before a final semicolon, if any), or inserted at
+    index ``at``, which must fall between two tokens. The rendered comment is cached: a
+    request's statements share their tags."""
     comment = _cached_comment(tuple(tags.items()), escape_percent)
+    if at is not None:
+        return f"{sql[:at]}{comment}{sql[at:]}"
     stripped = sql.rstrip()
     if stripped.endswith(";"):
         return f"{stripped[:-1]}{comment};"

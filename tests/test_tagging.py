@@ -6,9 +6,11 @@ import logging
 import re
 import threading
 import time
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -48,6 +50,7 @@ def test_comment_format_sorted_encoded_and_escaped_for_the_driver() -> None:
     )
     assert sql_comment({"route": "x/"}, escape_percent=True) == " /*route='x%%2F'*/"
     assert with_comment("SELECT 1;", {"a": "b"}, False) == "SELECT 1 /*a='b'*/;"
+    assert with_comment("INSERT INTO t", {"a": "b"}, False, at=6) == "INSERT /*a='b'*/ INTO t"
     hostile = "*/ DROP TABLE x; -- ' \" \\ %s"
     comment = sql_comment({"route": hostile}, escape_percent=False)
     assert COMMENT.fullmatch(comment)
@@ -264,3 +267,64 @@ def test_an_application_name_of_ones_own_wins() -> None:
     finally:
         wrapper.close()
         wrapper.close_pool()
+
+
+# -- executemany on MySQL -----------------------------------------------------------------------
+
+mysql_only = pytest.mark.skipif(
+    settings.DATABASE_VENDOR != "mysql", reason="mysqlclient's executemany batching"
+)
+ROWS = 1000
+
+
+def com_insert(cursor: Any) -> int:
+    """INSERT and REPLACE statements this session has run (a multi-row one counts once)."""
+    cursor.execute("SHOW SESSION STATUS WHERE Variable_name IN ('Com_insert', 'Com_replace')")
+    return sum(int(value) for _, value in cursor.fetchall())
+
+
+@mysql_only
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("verb", "tagged"),
+    [
+        ("INSERT", "INSERT {comment}"),
+        ("  insert ignore", "  insert {comment} ignore"),
+        ("REPLACE", "REPLACE {comment}"),
+    ],
+)
+def test_executemany_inserts_stay_one_statement_with_tags_on(verb: str, tagged: str) -> None:
+    # mysqlclient sends executemany("INSERT ... VALUES (%s, %s)", rows) as one multi-row
+    # INSERT only when nothing follows the VALUES list: a comment appended there would
+    # cost one round trip per row.
+    rows = [(f"Row {i}", i) for i in range(ROWS)]
+    with (
+        tag(route="bulk/100%/"),  # a percent sign, which the driver must not interpolate
+        CaptureQueriesContext(connection) as captured,
+        connection.cursor() as cursor,
+    ):
+        before = com_insert(cursor)
+        cursor.executemany(f"{verb} INTO bank_account (name, balance) VALUES (%s, %s)", rows)
+        inserts = com_insert(cursor) - before
+    assert inserts == 1
+    # The comment right after the keyword, its percent signs doubled for the driver.
+    (sql,) = [q["sql"] for q in captured.captured_queries if "INTO bank_account" in q["sql"]]
+    app = encoded(connection.dbpool_app_tag()).replace("%", "%%")
+    comment = f"/*app='{app}',route='bulk%%2F100%%25%%2F'*/"
+    statement = tagged.format(comment=comment)
+    assert sql == f"{ROWS} times: {statement} INTO bank_account (name, balance) VALUES (%s, %s)"
+    assert Account.objects.count() == ROWS
+    assert Account.objects.get(name="Row 999").balance == 999
+
+
+@mysql_only
+@pytest.mark.django_db(transaction=True)
+def test_bulk_create_is_one_statement_with_tags_on() -> None:
+    # Django builds the multi-row INSERT itself and runs it with execute(): the comment at
+    # the end does not change that.
+    with tag(route="bulk/"), connection.cursor() as cursor:
+        before = com_insert(cursor)
+        Account.objects.bulk_create(Account(name=f"Row {i}", balance=i) for i in range(ROWS))
+        inserts = com_insert(cursor) - before
+    assert inserts == 1
+    assert Account.objects.count() == ROWS

@@ -14,6 +14,7 @@ for anything else: a checkout then costs no round trip at all.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import select
@@ -36,14 +37,14 @@ from .. import metrics, snapshots, tagging
 from ..options import alias_options, driver_options
 from ..pool import ConnectionAdapter, Pool, _fork
 from ..pool.errors import ConnectFailed
-from .cursors import tagging_cursor_class
+from .cursors import TaggingCursorMixin, tagging_cursor_class
 
 if TYPE_CHECKING:
     _Base = BaseDatabaseWrapper
 else:
     _Base = object
 
-__all__ = ["PooledWrapperMixin", "pools", "stop_watching", "take_all_pools"]
+__all__ = ["PooledWrapperMixin", "pools", "shutdown_socket", "stop_watching", "take_all_pools"]
 
 # What to check after a failed connect, by cause; CONNECT_HINT when the vendor does not
 # recognise the cause.
@@ -178,6 +179,8 @@ class PooledWrapperMixin(_Base):
     dbpool_private = False
     #: Set when an error on the current connection means the connection itself is dead.
     dbpool_broken = False
+    #: The mixin over Django's cursor wrappers: tagging, plus what the vendor watches for.
+    dbpool_cursor_mixin: type[TaggingCursorMixin] = TaggingCursorMixin
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
         super().__init__(settings_dict, alias)
@@ -204,9 +207,10 @@ class PooledWrapperMixin(_Base):
         return self._dbpool_pool()
 
     def _dbpool_pool(self) -> Pool[Any]:
-        # The checkout path: the caller already knows pooling is on for this wrapper.
+        # The checkout path: the caller already knows pooling is on for this wrapper. A pool
+        # closed by hand (pool.close()) is replaced, as close_pool() would have it.
         entry = _pools.get(self.alias)
-        if entry is not None and self._dbpool_matches(entry):
+        if entry is not None and not entry.pool.closed and self._dbpool_matches(entry):
             return entry.pool
         return self._dbpool_replace_pool()
 
@@ -241,7 +245,7 @@ class PooledWrapperMixin(_Base):
         # connect() asked get_connection_params() for these settings just now: if that
         # matched the current pool, it is still the one (compared by identity).
         pool = entry.pool if entry is not None and _pools.get(self.alias) is entry else None
-        if pool is None:
+        if pool is None or pool.closed:
             pool = self._dbpool_pool()
         self._dbpool_configured = True
         return self._dbpool_checkout(pool)
@@ -348,6 +352,21 @@ class PooledWrapperMixin(_Base):
         connection, self.connection = self.connection, None
         pool.release(connection, broken=self.dbpool_broken)
 
+    def dbpool_held(self) -> tuple[Pool[Any], Any, bool] | None:
+        """``(pool, connection, busy)`` for the pooled connection this wrapper holds, None if
+        it holds none; ``busy``: a thread is inside the driver with it right now (see
+        :meth:`dbpool_driver_busy`). Reads attributes only, takes no lock: for a signal
+        handler."""
+        pool, connection = self._dbpool_lease, self.connection
+        if pool is None or connection is None:
+            return None
+        return pool, connection, self.dbpool_driver_busy(connection)
+
+    def dbpool_driver_busy(self, connection: Any) -> bool:
+        """Whether a thread is inside the driver with ``connection`` right now, as far as the
+        driver lets one see without taking a lock; False when it cannot tell."""
+        return False
+
     @cached_property
     def wrap_database_errors(self) -> DatabaseErrorWrapper:
         return _PoolErrorWrapper(self)
@@ -356,12 +375,13 @@ class PooledWrapperMixin(_Base):
 
     def make_cursor(self, cursor: Any) -> CursorWrapper:
         wrapper = super().make_cursor(cursor)
-        wrapper.__class__ = tagging_cursor_class(type(wrapper))
+        wrapper.__class__ = tagging_cursor_class(type(wrapper), self.dbpool_cursor_mixin)
         return wrapper
 
     def make_debug_cursor(self, cursor: Any) -> CursorDebugWrapper:
         wrapper = super().make_debug_cursor(cursor)
-        wrapper.__class__ = tagging_cursor_class(type(wrapper))  # type: ignore[assignment]
+        cls = tagging_cursor_class(type(wrapper), self.dbpool_cursor_mixin)
+        wrapper.__class__ = cls  # type: ignore[assignment]
         return wrapper
 
     def dbpool_app_tag(self) -> str:
@@ -461,7 +481,7 @@ class PooledWrapperMixin(_Base):
         )
         with _pools_lock:
             current = _pools.get(self.alias)
-            if current is not None and self._dbpool_matches(current):
+            if current is not None and not current.pool.closed and self._dbpool_matches(current):
                 stale: Pool[Any] | None = new_pool
                 winner = current.pool
             else:
@@ -523,8 +543,9 @@ class PooledWrapperMixin(_Base):
             where = f"{host}:{s['PORT'] or _DEFAULT_PORTS.get(self.vendor, '')}"
         cause, fix = self.explain_connect_error(error)
         return ConnectFailed(
-            f"DATABASES[{self.alias!r}]: cannot connect to {where} as USER {s['USER']!r}: "
-            f"{cause.rstrip('.')}. {fix}"
+            f"DATABASES[{self.alias!r}]",
+            f"cannot connect to {where} as USER {s['USER']!r}: {cause.rstrip('.')}",
+            fix,
         )
 
     def dbpool_configure(self, connection: Any) -> None:
@@ -545,7 +566,7 @@ class PooledWrapperMixin(_Base):
     def get_connection_params(self) -> dict[str, Any]:
         if not self.dbpool_private and self._dbpool_enabled():
             entry = _pools.get(self.alias)
-            if entry is not None and self._dbpool_matches(entry):
+            if entry is not None and not entry.pool.closed and self._dbpool_matches(entry):
                 self._dbpool_params_entry = entry
                 return dict(entry.params)
         return self._dbpool_connection_params()
@@ -561,59 +582,69 @@ def _watch_for_server_close(connection: Any) -> None:
     # sat idle. VALIDATE_AFTER's probe catches only connections idle for a while; under load
     # the next request would get the dead connection and fail.
     #
-    # On TCP it reads the socket's TCP state (anything but ESTABLISHED: the server sent FIN
-    # or RST) through a duplicate of the driver's socket, a call that keeps the GIL: a
-    # zero-timeout poll() releases and retakes it, and with a gunicorn worker's threads
-    # queued for the GIL that handed the CPU to another thread at most checkouts. The
-    # duplicate is closed with the connection (stop_watching). Elsewhere (a Unix socket, or
-    # not Linux) it polls for something to read: an idle session has nothing to read unless
-    # the server wrote unasked.
+    # It keeps a duplicate of the driver's socket (closed with the connection, see
+    # stop_watching), which shutdown_socket() also uses. On TCP the check reads the socket's
+    # TCP state (anything but ESTABLISHED: the server sent FIN or RST) through it, a call
+    # that keeps the GIL: a zero-timeout poll() releases and retakes it, and with a gunicorn
+    # worker's threads queued for the GIL that handed the CPU to another thread at most
+    # checkouts. Elsewhere (a Unix socket, or not Linux) it polls for something to read: an
+    # idle session has nothing to read unless the server wrote unasked.
     fd = connection.fileno()
-    sock = _tcp_duplicate(fd)
+    sock = _duplicate(fd)
     if sock is not None:
-        getsockopt, tcp, tcp_info = sock.getsockopt, socket.IPPROTO_TCP, cast(int, _TCP_INFO)
-
-        def closed_by_server() -> bool:
-            # The first byte of struct tcp_info is the connection's state.
-            return getsockopt(tcp, tcp_info, 1) != _ESTABLISHED
-
-        connection.dbpool_closed_by_server = closed_by_server
+        connection.dbpool_socket = sock
         connection.dbpool_unwatch = sock.close
         _watch_sockets.add(sock)
-        return
+        if _TCP_INFO is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            getsockopt, tcp, tcp_info = sock.getsockopt, socket.IPPROTO_TCP, _TCP_INFO
+
+            def closed_by_server() -> bool:
+                # The first byte of struct tcp_info is the connection's state.
+                return getsockopt(tcp, tcp_info, 1) != _ESTABLISHED
+
+            connection.dbpool_closed_by_server = closed_by_server
+            return
     poll = select.poll()
     poll.register(fd, select.POLLIN)
     poll_now = poll.poll
     connection.dbpool_closed_by_server = lambda: bool(poll_now(0))
 
 
-def _tcp_duplicate(fd: int) -> socket.socket | None:
-    # A socket object over a duplicate of fd if fd is a TCP socket and TCP_INFO is known,
-    # else None. Never the fd itself: a socket object closes its fd when collected.
-    if _TCP_INFO is None:
-        return None
+def _duplicate(fd: int) -> socket.socket | None:
+    # A socket object over a duplicate of fd, or None. Never the fd itself: a socket object
+    # closes its fd when collected.
     try:
         duplicate = os.dup(fd)
     except OSError:  # out of file descriptors, say: the poll needs none
         return None
     try:
-        sock = socket.socket(fileno=duplicate)
+        return socket.socket(fileno=duplicate)
     except OSError:
         os.close(duplicate)
         return None
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        return sock
-    sock.close()
-    return None
 
 
 def stop_watching(connection: Any) -> None:
-    """Release what :func:`_watch_for_server_close` holds for ``connection``: on TCP, a
-    duplicate of its socket, which would keep the session open after the driver closes its
-    own; nothing otherwise. For the pool adapters' ``close``."""
+    """Release what :func:`_watch_for_server_close` holds for ``connection``: a duplicate
+    of its socket, which would keep the session open after the driver closes its own. For
+    the pool adapters' ``close``."""
     unwatch = getattr(connection, "dbpool_unwatch", None)
     if unwatch is not None:
         unwatch()
+
+
+def shutdown_socket(connection: Any) -> None:
+    """Shut down ``connection``'s socket in both directions, for the pool adapters'
+    ``interrupt``: a thread inside the driver with it gets the driver's own connection-lost
+    error, and the server sees the session end. Takes no lock and never closes the driver
+    object. Through the duplicate socket :func:`_watch_for_server_close` keeps, so a
+    descriptor number reused after the driver closed its own is never touched; a no-op once
+    the connection is closed."""
+    sock = getattr(connection, "dbpool_socket", None)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # closed meanwhile, or already shut down
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def take_all_pools() -> dict[str, Pool[Any]]:

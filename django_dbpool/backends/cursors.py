@@ -2,9 +2,10 @@
 
 The tagging is a mixin over whatever cursor wrapper the vendor backend makes (Django's
 PostgreSQL backend has a debug wrapper of its own, for ``COPY``): one subclass per vendor
-class, made once. Outside a tag context a statement costs one ``ContextVar`` read more than
-with Django's own wrappers; inside one, the comment is rendered and appended (see
-``django_dbpool.tagging``).
+class and mixin, made once. A vendor backend may extend the mixin with what it must watch
+for in statements (MySQL: raw transaction statements). Outside a tag context a statement
+costs one ``ContextVar`` read more than with Django's own wrappers; inside one, the comment
+is rendered and appended (see ``django_dbpool.tagging``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from django.db.backends.utils import CursorWrapper
 
 from ..tagging import _process_tags, _tags, current_tags, with_comment
 
-__all__ = ["tagging_cursor_class"]
+__all__ = ["TaggingCursorMixin", "tagging_cursor_class"]
 
 
 class TaggingCursorMixin:
@@ -29,22 +30,32 @@ class TaggingCursorMixin:
         return super().execute(sql, params)  # type: ignore[misc]
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
-        return super().executemany(self._tagged(sql, True), param_list)  # type: ignore[misc]
+        return super().executemany(self._tagged(sql, True, many=True), param_list)  # type: ignore[misc]
 
-    def _tagged(self, sql: Any, escape_percent: bool) -> Any:
+    def _tagged(self, sql: Any, escape_percent: bool, many: bool = False) -> Any:
         tags = current_tags()
         if not tags or not isinstance(sql, str):
             return sql
-        return with_comment(sql, {"app": self.db.dbpool_app_tag(), **tags}, escape_percent)
+        at = self._many_comment_at(sql) if many else None
+        return with_comment(sql, {"app": self.db.dbpool_app_tag(), **tags}, escape_percent, at)
+
+    def _many_comment_at(self, sql: str) -> int | None:
+        """Where executemany()'s comment goes in ``sql``: None for the end, as execute()'s.
+        A vendor whose driver rewrites executemany() statements says where it survives."""
+        return None
 
 
-_classes: dict[type[CursorWrapper], type[CursorWrapper]] = {}
+_classes: dict[tuple[type[CursorWrapper], type[TaggingCursorMixin]], type[CursorWrapper]] = {}
 
 
-def tagging_cursor_class(base: type[CursorWrapper]) -> type[CursorWrapper]:
-    """``base`` with tagging: made on first use, then reused."""
-    cls = _classes.get(base)
+def tagging_cursor_class(
+    base: type[CursorWrapper], mixin: type[TaggingCursorMixin] = TaggingCursorMixin
+) -> type[CursorWrapper]:
+    """``base`` with ``mixin`` (tagging, and what the vendor adds): made on first use, then
+    reused."""
+    cls = _classes.get((base, mixin))
     if cls is None:
-        cls = type(f"Tagging{base.__name__}", (TaggingCursorMixin, base), {})
-        _classes[base] = cls
+        name = mixin.__name__.removesuffix("CursorMixin") + base.__name__
+        cls = type(name, (mixin, base), {})
+        _classes[(base, mixin)] = cls
     return cls

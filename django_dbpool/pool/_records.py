@@ -28,6 +28,7 @@ class Slot(Generic[C]):
         "acquired_at",
         "conn",
         "created",
+        "cut_off",
         "expires",
         "holder",
         "last_ok",
@@ -52,6 +53,16 @@ class Slot(Generic[C]):
         # The holder of a checkout that Pool.share() exempted from orphan reclaim. Compared
         # by identity with ``holder``, so it lapses at the next checkout on its own.
         self.shared: Holder | None = None
+        # Set when close(force=True) shut the socket under a live holder: the connection
+        # closes when released, and is not interrupted again.
+        self.cut_off = False
+
+
+def orphaned(slot: Slot[C]) -> bool:
+    """Whether a checked-out slot's holder thread has exited without releasing it, and the
+    slot is not shared with other threads (see ``Pool.share``)."""
+    holder = slot.holder
+    return holder is not None and slot.shared is not holder and not holder[0].is_alive()
 
 
 class Waiter(Generic[C]):

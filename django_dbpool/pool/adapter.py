@@ -45,3 +45,15 @@ class ConnectionAdapter(Protocol[_C_contra]):
     def close(self, conn: _C_contra) -> None:
         """Close the connection. Exceptions are logged and ignored."""
         ...
+
+    def interrupt(self, conn: _C_contra) -> None:
+        """Cut the connection off while another thread may be inside the driver with it.
+
+        Called by ``close(force=True)`` for a connection still checked out by a live thread.
+        Must not close the driver object or take any lock the holder may hold: shut the
+        socket down (and, where the protocol has one, send a cancel request), so that the
+        holder's I/O fails with the driver's own connection-lost error and the server ends
+        the session. Must be harmless on a connection that was closed meanwhile. Exceptions
+        are logged and ignored.
+        """
+        ...

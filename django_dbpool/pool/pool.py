@@ -13,12 +13,13 @@ import sys
 import threading
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Generic, TypeVar
 
 from . import _fork
 from ._maintenance import Maintenance
-from ._records import Holder, Slot, Waiter, capture_stack
+from ._records import Holder, Slot, Waiter, capture_stack, orphaned
 from .errors import PoolClosed, PoolExhausted
 from .stats import BUCKETS_SECONDS, CloseResult, PoolStats, closed_mapping
 
@@ -40,6 +41,9 @@ _getframe = sys._getframe
 #: it where strict order had it, and throughput was the same for both (measured side by
 #: side with the latency scenario and the HTTP load of benchmarks/web.py).
 MAX_PASSES = 1
+
+#: How often a draining close() looks for connections whose holder thread has exited.
+_ORPHAN_LOOK_SECONDS = 0.05
 
 
 class Pool(Maintenance[C]):
@@ -212,12 +216,17 @@ class Pool(Maintenance[C]):
         """Close the pool. Idempotent and thread-safe.
 
         New acquires and queued callers get :class:`PoolClosed`; idle connections close at
-        once; checked-out ones close as they are released. The call waits up to ``timeout``
-        seconds (default ``DRAIN_TIMEOUT``; 0 does not wait) for them to come back; then, if
-        ``force``, it closes those still out under their holders (whose later ``release`` is
-        ignored), else it leaves them to close on release. A second call while the first is
-        still waiting ends that wait at once (and, if ``force``, force-closes right away).
-        Returns what this call did.
+        once; checked-out ones close as they are released, and those of threads that have
+        exited (orphans, unless shared) at once, also while the call waits. The call waits up
+        to ``timeout`` seconds (default ``DRAIN_TIMEOUT``; 0 does not wait) for them to come
+        back; then, if ``force``, it cuts off those still out: the caller's own and orphans
+        are closed, and a connection that another live thread holds has its socket shut down
+        (:meth:`ConnectionAdapter.interrupt`), so that the holder's next or current I/O fails
+        with the driver's connection-lost error, and is closed when the holder releases it
+        (the driver itself is never closed under a thread that may be inside it). Else it
+        leaves them to close on release. A second call while the first is still waiting ends
+        that wait at once (and, if ``force``, cuts off right away). Returns what this call
+        did.
         """
         with self._lock:
             first = not self._closed
@@ -238,30 +247,84 @@ class Pool(Maintenance[C]):
         closed = len(idle)
         drain = self.options.drain_timeout if timeout is None else max(timeout, 0.0)
         deadline = time.monotonic() + drain
+        while True:
+            with self._lock:
+                orphans = self._take_out_locked(orphaned)
+                if not orphans:
+                    remaining = deadline - time.monotonic()
+                    awaited = any(not slot.cut_off for slot in self._out.values())
+                    if not first or not awaited or self._abort_drain or remaining <= 0:
+                        break
+                    # Released connections notify; a holder thread's exit does not, so look
+                    # for orphans again now and then.
+                    self._drained.wait(min(remaining, _ORPHAN_LOOK_SECONDS))
+                    continue
+            for slot in orphans:
+                self._close_slot(slot, "shutdown")
+            closed += len(orphans)
+        me = threading.current_thread()
         forced: list[Slot[C]] = []
+        cut_off: list[Slot[C]] = []
         with self._lock:
             if first:
-                while self._out and not self._abort_drain:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._drained.wait(remaining)
                 closed += self._returned_after_close
             if force:
-                forced = list(self._out.values())
-                self._out.clear()
-            pending = len(self._out)
+                # The caller's own (it is here, not inside the driver) and orphans close now.
+                forced = self._take_out_locked(
+                    lambda slot: slot.holder is not None and slot.holder[0] is me
+                ) + self._take_out_locked(orphaned)
+                cut_off = [slot for slot in self._out.values() if not slot.cut_off]
+                for slot in cut_off:
+                    slot.cut_off = True
+            pending = sum(not slot.cut_off for slot in self._out.values())
         for slot in forced:
             self._close_slot(slot, "shutdown")
-        if first or forced:
+        self._interrupt(cut_off)
+        if first or forced or cut_off:
             logger.info(
-                "pool %r closed: %d connections closed, %d force-closed, %d still out",
+                "pool %r closed: %d connections closed, %d force-closed, %d cut off from "
+                "their holders, %d still out",
                 self.name,
                 closed,
                 len(forced),
+                len(cut_off),
                 pending,
             )
-        return CloseResult(closed=closed, force_closed=len(forced), pending=pending)
+        return CloseResult(closed=closed, force_closed=len(forced) + len(cut_off), pending=pending)
+
+    def cut_off(self, thread: threading.Thread) -> int:
+        """Cut off the connections ``thread`` has checked out, as ``close(force=True)``
+        does for a live holder: the socket is shut down under it (its I/O fails with the
+        driver's connection-lost error, the server ends the session) and each connection
+        is closed when released. For a process about to die whose thread is stuck inside the
+        driver. Returns how many were cut off; idempotent.
+        """
+        with self._lock:
+            slots = [
+                slot
+                for slot in self._out.values()
+                if slot.holder is not None and slot.holder[0] is thread and not slot.cut_off
+            ]
+            for slot in slots:
+                slot.cut_off = True
+        self._interrupt(slots)
+        return len(slots)
+
+    def _interrupt(self, slots: list[Slot[C]]) -> None:
+        # Off the lock: interrupt() may do I/O (PostgreSQL's cancel request). A holder that
+        # releases meanwhile closes the connection itself; interrupt() is safe on a closed
+        # one.
+        for slot in slots:
+            try:
+                self._adapter.interrupt(slot.conn)
+            except Exception:
+                logger.debug("pool %r: interrupt failed", self.name, exc_info=True)
+
+    def _take_out_locked(self, which: Callable[[Slot[C]], bool]) -> list[Slot[C]]:
+        taken = [slot for slot in self._out.values() if which(slot)]
+        for slot in taken:
+            del self._out[id(slot.conn)]
+        return taken
 
     @property
     def closed(self) -> bool:

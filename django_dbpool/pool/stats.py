@@ -212,10 +212,12 @@ class CloseResult:
     """What one ``Pool.close()`` call did.
 
     ``closed``: connections this call closed gracefully (idle ones, and checked-out ones
-    returned while it waited). ``force_closed``: checked-out connections it closed under their
-    holders when the drain timeout ran out or a later ``close()`` cut the wait short.
-    ``pending``: connections still checked out when it returned (``force=False``); each
-    closes when it is released.
+    returned while it waited, and those of threads that had exited). ``force_closed``:
+    checked-out connections it cut off when the drain timeout ran out or a later ``close()``
+    cut the wait short: closed if the caller or an exited thread held them, else their socket
+    shut down under the live holder, and closed when that holder releases them.
+    ``pending``: connections still checked out, and not cut off, when it returned
+    (``force=False``); each closes when it is released.
     """
 
     closed: int

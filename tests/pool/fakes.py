@@ -24,6 +24,7 @@ class FakeConnection:
         self.alive = True  # False once the "server" has dropped it
         self.closed = False
         self.in_transaction = False
+        self.interrupted = False  # its socket was shut down under its holder
         self.holder: int | None = None  # thread ident using it, to catch double hand-out
 
     def __repr__(self) -> str:
@@ -114,6 +115,11 @@ class FakeAdapter:
         if self.driver.reset_fails or not conn.alive:
             raise FakeConnectError("fake: rollback failed")
         conn.in_transaction = False
+
+    def interrupt(self, conn: FakeConnection) -> None:
+        # A cut-off socket: the holder's next use fails, the server's session is gone.
+        conn.alive = False
+        conn.interrupted = True
 
     def close(self, conn: FakeConnection) -> None:
         with self.driver.lock:

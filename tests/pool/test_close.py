@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
-from django_dbpool.pool import CloseResult, PoolClosed
+from django_dbpool.pool import CloseResult, Pool, PoolClosed
 
-from .fakes import make_pool, wait_until, warm
+from .fakes import FakeConnection, make_pool, wait_until, warm
 
 
 def test_close_closes_idle_connections_and_refuses_new_acquires():
@@ -145,3 +146,97 @@ def test_close_without_force_leaves_checked_out_connections_to_close_on_release(
     assert held.closed
     assert pool.stats().closed["shutdown"] == 2
     assert pool.stats().size == 0
+
+
+def _acquire_in_a_thread_that_exits(pool: Pool[FakeConnection]) -> FakeConnection:
+    got: list[FakeConnection] = []
+    thread = threading.Thread(target=lambda: got.append(pool.acquire()))
+    thread.start()
+    thread.join(30)
+    return got[0]
+
+
+def _close_in_background(
+    pool: Pool[FakeConnection], **kwargs: Any
+) -> tuple[threading.Thread, list[CloseResult]]:
+    results: list[CloseResult] = []
+    closer = threading.Thread(target=lambda: results.append(pool.close(**kwargs)))
+    closer.start()
+    return closer, results
+
+
+def test_close_returns_connections_of_exited_threads_at_once():
+    # A script's executor threads that never gave their connections back: the exit drain
+    # must not wait DRAIN_TIMEOUT for threads that no longer exist.
+    pool, _ = make_pool(MAX_SIZE=2, DRAIN_TIMEOUT=600)
+    orphans = [_acquire_in_a_thread_that_exits(pool) for _ in range(2)]
+    closer, results = _close_in_background(pool)
+    closer.join(30)
+    assert not closer.is_alive()
+    assert results == [CloseResult(closed=2, force_closed=0)]
+    assert all(conn.closed and not conn.interrupted for conn in orphans)
+    assert pool.stats().size == 0
+
+
+def test_a_holder_thread_that_exits_during_the_drain_ends_the_wait():
+    pool, _ = make_pool(DRAIN_TIMEOUT=600)
+    exit_now = threading.Event()
+    got: list[FakeConnection] = []
+
+    def holder() -> None:
+        got.append(pool.acquire())
+        exit_now.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert wait_until(lambda: pool.stats().in_use == 1)
+    closer, results = _close_in_background(pool)
+    assert wait_until(lambda: pool.closed)
+    assert closer.is_alive()  # the holder is alive: waiting for it
+    exit_now.set()
+    thread.join(30)
+    closer.join(30)
+    assert not closer.is_alive()
+    assert results == [CloseResult(closed=1, force_closed=0)]
+    assert got[0].closed
+
+
+def test_a_shared_connection_of_an_exited_thread_is_left_to_its_wrapper():
+    pool, _ = make_pool()
+    conn = _acquire_in_a_thread_that_exits(pool)
+    with pool._lock:
+        slot = pool._out[id(conn)]
+        slot.shared = slot.holder  # what Pool.share() does, from the acquiring thread
+    assert pool.close(timeout=0, force=False) == CloseResult(closed=0, force_closed=0, pending=1)
+    assert not conn.closed
+    pool.release(conn)
+    assert conn.closed
+
+
+def test_force_cuts_off_a_live_holder_instead_of_closing_the_driver_under_it():
+    pool, _ = make_pool(DRAIN_TIMEOUT=600)
+    holding = threading.Event()
+    give_back = threading.Event()
+    got: list[FakeConnection] = []
+
+    def holder() -> None:
+        conn = pool.acquire()
+        got.append(conn)
+        holding.set()
+        give_back.wait(30)
+        pool.release(conn)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert holding.wait(30)
+    assert pool.close(timeout=0) == CloseResult(closed=0, force_closed=1)
+    conn = got[0]
+    assert conn.interrupted  # its socket is shut down...
+    assert not conn.alive
+    assert not conn.closed  # ...but the driver is not closed under the holder
+    assert pool.close(timeout=0) == CloseResult(closed=0, force_closed=0)  # once only
+    give_back.set()
+    thread.join(30)
+    assert conn.closed  # closed by its holder's release
+    assert pool.stats().size == 0
+    assert pool.stats().closed["shutdown"] == 1

@@ -4,6 +4,7 @@ pooled."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -20,8 +21,10 @@ from ..base import (
     NAME_HINT,
     UNREACHABLE_HINT,
     PooledWrapperMixin,
+    shutdown_socket,
     stop_watching,
 )
+from ..cursors import TaggingCursorMixin
 
 # Client and server error codes after which the session is gone: server has gone away,
 # lost connection (during query / at handshake), server shutdown, connection killed,
@@ -42,15 +45,120 @@ _CONNECT_HINTS = {
     "the server has TLS on.",
 }
 
+# Raw statements after which a connection may hold a transaction or table locks that
+# mysqlclient cannot see. The server reports autocommit in every reply, and Django's own
+# transactions (and SET autocommit = 0) turn it off; but START TRANSACTION leaves it on,
+# and mysqlclient does not expose the "in transaction" flag of the same reply. Matched at
+# the start of each query run through a Django cursor, after whitespace and plain comments,
+# and after each ";" of a query that has one (mysqlclient allows several statements per
+# query). What Django's ORM runs (SELECT, INSERT, UPDATE, DELETE, SAVEPOINT, RELEASE
+# SAVEPOINT, ROLLBACK TO SAVEPOINT; never a ";") does not match, so its connections go back
+# with no round trip. A safety net, not a parser: a query matched wrongly (a ";" in a
+# string literal) costs one round trip on return.
+#   START, BEGIN, XA   open a transaction (BEGIN also starts a compound statement)
+#   COMMIT, ROLLBACK   open the next one with AND CHAIN, or with completion_type = CHAIN
+#   LOCK, FLUSH        LOCK TABLES, FLUSH TABLES ... WITH READ LOCK: held after the
+#                      transaction ends
+#   CALL, EXECUTE      a procedure or a prepared statement may do any of the above
+#   /*! and /*M!       executable comments run what they hold
+_TRANSACTION_STATEMENT = r"""
+    (?: \s | /\*(?!M?!).*?\*/ | (?:\#|--\s)[^\n]*(?:\n|\Z) )*+
+    (?:
+        /\*M?!
+      | (?:START|BEGIN|XA|LOCK|FLUSH|CALL|EXECUTE|COMMIT)\b
+      | ROLLBACK\b(?!\s+(?:WORK\s+)?TO\b)
+    )
+"""
+_MAY_OPEN_TRANSACTION = re.compile(_TRANSACTION_STATEMENT, re.I | re.VERBOSE | re.DOTALL)
+_LATER_MAY_OPEN_TRANSACTION = re.compile(
+    f";{_TRANSACTION_STATEMENT}", re.I | re.VERBOSE | re.DOTALL
+)
+# How the ORM's statements start, as it writes them: a str.startswith() says no sooner than
+# the regex, on nearly every statement.
+_ORM_VERBS = ("SELECT ", "INSERT ", "UPDATE ", "DELETE ", "SAVEPOINT ", "RELEASE ", "ROLLBACK TO ")
+# What a connection so marked gets on return, in one round trip. ROLLBACK AND NO CHAIN: a
+# plain ROLLBACK opens the next transaction when completion_type is CHAIN. UNLOCK TABLES
+# after it (before, it would commit a transaction LOCK TABLES began): ROLLBACK does not
+# release LOCK TABLES, nor FLUSH TABLES ... WITH READ LOCK. An XA transaction still ACTIVE
+# refuses the ROLLBACK: the error has the pool close the connection, and the server rolls
+# the transaction back as the session ends.
+_ROLLBACK_AND_UNLOCK = "ROLLBACK AND NO CHAIN; UNLOCK TABLES"
+# mysqlclient turns executemany("INSERT ... VALUES (%s, ...)") into one multi-row INSERT
+# only if the statement starts with the keyword and nothing but ON DUPLICATE KEY UPDATE
+# follows the VALUES list: a query comment goes right after the keyword.
+_LEADING_INSERT = re.compile(r"\s*(?:INSERT|REPLACE)\b", re.IGNORECASE)
+
+
+def _may_open_transaction(sql: Any) -> bool:
+    try:
+        return (
+            not sql.startswith(_ORM_VERBS) and _MAY_OPEN_TRANSACTION.match(sql) is not None
+        ) or (";" in sql and _LATER_MAY_OPEN_TRANSACTION.search(sql) is not None)
+    except TypeError:  # bytes: not read, assumed to
+        return True
+
+
+def _run(connection: Any, sql: str) -> None:
+    # One round trip, however many statements: every result is read, so that the
+    # connection is ready for the next query.
+    cursor = connection.cursor()
+    try:
+        cursor.execute(sql)
+        while cursor.nextset():
+            pass
+    finally:
+        cursor.close()
+
+
+class MySQLTaggingCursorMixin(TaggingCursorMixin):
+    """Django's cursor wrappers on MySQL/MariaDB: tagging, with executemany()'s comment where
+    mysqlclient's batching still sees the statement, and a mark on the connection when a
+    statement may have opened a transaction or taken table locks the driver cannot see (the
+    pool then rolls back and unlocks it on return)."""
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        # Every statement of the alias passes here: _may_open_transaction() inlined.
+        try:
+            opens = (
+                not sql.startswith(_ORM_VERBS) and _MAY_OPEN_TRANSACTION.match(sql) is not None
+            ) or (";" in sql and _LATER_MAY_OPEN_TRANSACTION.search(sql) is not None)
+        except TypeError:  # bytes: not read, assumed to
+            opens = True
+        if opens:
+            self._dbpool_needs_rollback()
+        # The next class in every composed wrapper's MRO, called without super()'s cost.
+        return TaggingCursorMixin.execute(self, sql, params)
+
+    def executemany(self, sql: Any, param_list: Any) -> Any:
+        if _may_open_transaction(sql):
+            self._dbpool_needs_rollback()
+        return super().executemany(sql, param_list)
+
+    def callproc(self, procname: Any, params: Any = None, kparams: Any = None) -> Any:
+        # The driver runs CALL itself, not through execute().
+        self._dbpool_needs_rollback()
+        return super().callproc(procname, params, kparams)  # type: ignore[misc]
+
+    def _many_comment_at(self, sql: str) -> int | None:
+        keyword = _LEADING_INSERT.match(sql)
+        return None if keyword is None else keyword.end()
+
+    def _dbpool_needs_rollback(self) -> None:
+        # Marked before the statement runs: one that fails may still have opened a
+        # transaction (a procedure that began one, then failed).
+        connection = self.db.connection
+        if connection is not None:
+            connection.dbpool_rollback_needed = True
+
 
 class MySQLdbAdapter:
     """What the pool needs of a mysqlclient connection."""
 
     def __init__(
-        self, full_reset: bool, configure: Callable[[Any], None], login: dict[str, Any]
+        self, full_reset: bool, restore: Callable[[Any], None], login: dict[str, Any]
     ) -> None:
         self.full_reset = full_reset
-        self.configure = configure
+        self.restore = restore  # sets a session up again after COM_CHANGE_USER
         self._login = login  # user, password, database: for COM_CHANGE_USER
 
     def __repr__(self) -> str:
@@ -64,25 +172,43 @@ class MySQLdbAdapter:
     def needs_reset(self, conn: Any) -> bool:
         # mysqlclient exposes no transaction status, but autocommit is read from the last
         # server reply: off means a transaction may be open. Django turns autocommit off for
-        # atomic blocks and set_autocommit(False), so this covers every Django transaction.
-        return self.full_reset or not conn.get_autocommit()
+        # atomic blocks and set_autocommit(False), so this covers every Django transaction;
+        # raw statements that may open one under autocommit mark the connection as they run
+        # (MySQLTaggingCursorMixin). One without the mark (not set up by
+        # configure_new_connection) counts as marked.
+        return (
+            self.full_reset
+            or getattr(conn, "dbpool_rollback_needed", True)
+            or not conn.get_autocommit()
+        )
 
     def reset(self, conn: Any) -> None:
-        conn.rollback()
         if self.full_reset:
-            # COM_CHANGE_USER to the same user: the server resets the session (variables,
-            # temporary tables, locks, prepared statements). mysqlclient has no binding for
+            # COM_CHANGE_USER to the same user: the server rolls back (an XA transaction
+            # too), unlocks tables, releases named locks and resets the session (variables,
+            # temporary tables, prepared statements, character set) to its defaults; then
+            # the session is set up again as at connect. mysqlclient has no binding for
             # mysql_reset_connection, the lighter equivalent.
             conn.change_user(self._login["user"], self._login["password"], self._login["db"])
-            self.configure(conn)
+            self.restore(conn)
         else:
-            conn.autocommit(True)
+            if getattr(conn, "dbpool_rollback_needed", True):
+                _run(conn, _ROLLBACK_AND_UNLOCK)
+            else:
+                conn.rollback()
+            conn.autocommit(True)  # no round trip when the last reply says it is on
+        conn.dbpool_rollback_needed = False
 
     def close(self, conn: Any) -> None:
         try:
             conn.close()
         finally:
             stop_watching(conn)
+
+    def interrupt(self, conn: Any) -> None:
+        # The socket only: the server notices the lost client when it next reads or
+        # writes (SLEEP() and GET_LOCK() check every few seconds).
+        shutdown_socket(conn)
 
 
 class DatabaseClient(stock_client.DatabaseClient):
@@ -103,6 +229,7 @@ class DatabaseClient(stock_client.DatabaseClient):
 
 class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
     client_class = DatabaseClient
+    dbpool_cursor_mixin = MySQLTaggingCursorMixin
 
     def make_pool_adapter(self, full_reset: bool) -> MySQLdbAdapter:
         params = self.get_connection_params()
@@ -111,7 +238,7 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
             "password": params.get("password", ""),
             "db": params.get("database"),
         }
-        return MySQLdbAdapter(full_reset, self.dbpool_configure, login)
+        return MySQLdbAdapter(full_reset, self.dbpool_restore_session, login)
 
     def _dbpool_connection_params(self) -> dict[str, Any]:
         # TLS files written as flat OPTIONS keys (a database URL's ?ssl_ca=...) go into the
@@ -120,19 +247,52 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
 
     def configure_new_connection(self, connection: Any) -> None:
         # What Django's stock init_connection_state runs at every connect, in one round trip.
+        _run(connection, "; ".join(self._dbpool_django_setup()))
+        connection.autocommit(True)
+        connection.dbpool_rollback_needed = False
+
+    def dbpool_restore_session(self, connection: Any) -> None:
+        """Set a session that COM_CHANGE_USER reset to the server's defaults up again as the
+        first connect did, in the same order: ``OPTIONS["init_command"]`` (which the client
+        library runs only at connect), the character set and ``collation`` and the
+        ``sql_mode`` option (mysqlclient's, at connect), then Django's own setup. Runs on the
+        private wrapper, from the thread that returns the connection; it needs none of
+        dbpool_configure's locking, as it goes through the raw connection only."""
+        init_command, driver_setup = self._dbpool_driver_setup
+        if init_command:
+            # On its own: it may hold several statements, or end in a comment.
+            _run(connection, init_command)
+        # The client library keeps the character set it negotiated; the server does not.
+        charset = driver_setup.get("charset") or connection.character_set_name()
+        names = f"SET NAMES {charset}"
+        if driver_setup.get("collation"):
+            names += f" COLLATE {driver_setup['collation']}"
+        statements = [names]
+        if driver_setup.get("sql_mode"):
+            statements.append(f"SET SESSION sql_mode='{driver_setup['sql_mode']}'")
+        _run(connection, "; ".join([*statements, *self._dbpool_django_setup()]))
+        connection.autocommit(True)
+        connection.dbpool_rollback_needed = False
+
+    @cached_property
+    def _dbpool_driver_setup(self) -> tuple[str | None, dict[str, str]]:
+        # The session setup the driver does at connect, from the connection parameters:
+        # (init_command, {charset, collation, sql_mode}). The private wrapper that uses it
+        # belongs to one pool, whose settings do not change.
+        params = self.get_connection_params()
+        return params.get("init_command"), {
+            key: params[key] for key in ("charset", "collation", "sql_mode") if params.get(key)
+        }
+
+    def _dbpool_django_setup(self) -> list[str]:
+        # Django's stock init_connection_state, without its feature check: setting
+        # SQL_AUTO_IS_NULL where it is already off costs nothing in the same round trip.
         assignments = ["SET SQL_AUTO_IS_NULL = 0"]
         if self.isolation_level:
             assignments.append(
                 f"SET SESSION TRANSACTION ISOLATION LEVEL {self.isolation_level.upper()}"
             )
-        cursor = connection.cursor()
-        try:
-            cursor.execute("; ".join(assignments))
-            while cursor.nextset():
-                pass
-        finally:
-            cursor.close()
-        connection.autocommit(True)
+        return assignments
 
     def explain_connect_error(self, error: BaseException) -> tuple[str, str]:
         args: tuple[Any, ...] = getattr(error, "args", ())

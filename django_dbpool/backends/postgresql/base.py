@@ -17,6 +17,7 @@ from ..base import (
     NAME_HINT,
     UNREACHABLE_HINT,
     PooledWrapperMixin,
+    shutdown_socket,
     stop_watching,
 )
 
@@ -25,10 +26,13 @@ try:
     from psycopg.pq import TransactionStatus
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImproperlyConfigured(
-        "django_dbpool.backends.postgresql needs psycopg 3: pip install 'django-dbpool[postgresql]'"
+        "django_dbpool.backends.postgresql needs psycopg 3: pip install 'dj-dbpool[postgresql]'"
     ) from exc
 
 _IDLE = TransactionStatus.IDLE
+_ACTIVE = TransactionStatus.ACTIVE
+# How long interrupt() waits for the server to take a cancel request.
+_CANCEL_TIMEOUT = 5.0
 # SQLSTATEs after which the session is gone: connection exceptions (class 08), and
 # admin_shutdown, crash_shutdown, cannot_connect_now.
 _DEAD_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03")
@@ -110,6 +114,16 @@ class PsycopgAdapter:
         finally:
             stop_watching(conn)
 
+    def interrupt(self, conn: Connection[Any]) -> None:
+        # A statement in progress: ask the server to cancel it (over a connection of its
+        # own, without the connection's lock), or the server would notice the lost client
+        # only once the statement ends. Then the socket: the holder's wait ends at once.
+        try:
+            if not conn.closed and conn.pgconn.transaction_status == _ACTIVE:
+                conn.cancel_safe(timeout=_CANCEL_TIMEOUT)
+        finally:
+            shutdown_socket(conn)
+
 
 class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
     def make_pool_adapter(self, full_reset: bool) -> PsycopgAdapter:
@@ -165,6 +179,10 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
         # (every checkout of a clean pooled connection).
         if self.connection.autocommit != autocommit:
             cast(Any, super())._set_autocommit(autocommit)
+
+    def dbpool_driver_busy(self, connection: Any) -> bool:
+        # psycopg holds the connection's lock for the whole of each operation.
+        return bool(connection.lock.locked())
 
     def connection_is_dead_error(self, error: BaseException) -> bool:
         sqlstate = getattr(error, "sqlstate", None) or ""
