@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
+import django
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
+from . import __version__
 from .options import alias_options, mysql_tls_options, pool_options
+from .pool.errors import ConnectFailed
 
 ENGINE_PREFIX = "django_dbpool.backends."
+#: The Django feature releases the test suite runs on: keep in step with the "Framework ::
+#: Django ::" classifiers of setup.cfg and the Django factor of tox.ini.
+TESTED_DJANGO_VERSIONS = ((5, 2),)
 _UNVERIFIED_SSLMODES = frozenset({"disable", "allow", "prefer", "require"})
 _VERIFIED_MYSQL_SSL_MODES = frozenset({"VERIFY_CA", "VERIFY_IDENTITY"})
 
@@ -35,6 +42,51 @@ def pooled_aliases() -> list[str]:
 
 def _vendor(alias: str) -> str:
     return str(settings.DATABASES[alias]["ENGINE"]).rsplit(".", 1)[-1]
+
+
+@checks.register(checks.Tags.database)
+def check_pooled_aliases(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """The app is installed, so some alias should use one of its ENGINEs."""
+    if pooled_aliases():
+        return []
+    engines = "; ".join(
+        f"{alias!r} uses {config.get('ENGINE') or 'no ENGINE'}"
+        for alias, config in settings.DATABASES.items()
+    )
+    return [
+        checks.Warning(
+            "django_dbpool is in INSTALLED_APPS, but no alias of DATABASES uses one of its "
+            f"ENGINEs ({engines or 'DATABASES is empty'}): nothing is pooled.",
+            hint="Set ENGINE to 'django_dbpool.backends.postgresql' or "
+            "'django_dbpool.backends.mysql'; in a database URL, use the pgpool:// or "
+            "mysqlpool:// scheme (postgres:// and mysql:// keep Django's own ENGINE).",
+            id="django_dbpool.W008",
+        )
+    ]
+
+
+@checks.register(checks.Tags.compatibility)
+def check_django_version(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """A Django release the test suite does not run on."""
+    if django.VERSION[:2] in TESTED_DJANGO_VERSIONS:
+        return []
+    tested = ", ".join(f"{major}.{minor}" for major, minor in TESTED_DJANGO_VERSIONS)
+    return [
+        checks.Warning(
+            f"django_dbpool {__version__} is tested with Django {tested}, and this is Django "
+            f"{django.get_version()}. Its backends re-implement part of Django's connect() "
+            "(the per-connection state a checkout resets), which a release it was not "
+            "tested with may do differently.",
+            hint=f"Use Django {tested}, or a django_dbpool release tested with this one. "
+            "Once your own test suite passes on it, silence this warning with "
+            "SILENCED_SYSTEM_CHECKS = ['django_dbpool.W009'].",
+            id="django_dbpool.W009",
+        )
+    ]
 
 
 @checks.register(checks.Tags.database)
@@ -93,7 +145,33 @@ def check_configuration(
     for alias in databases or ():
         if alias in pooled_aliases():
             messages.extend(_check_server(alias))
+    messages.extend(_unreachable.get())
     return messages
+
+
+# E004 for the aliases the check command left out of --database (see skipping_unreachable).
+_unreachable: ContextVar[tuple[checks.CheckMessage, ...]] = ContextVar("_unreachable", default=())
+
+
+@contextlib.contextmanager
+def skipping_unreachable(databases: Iterable[str]) -> Iterator[list[str]]:
+    """For the ``check`` command: yields the aliases of ``databases`` that are not pooled
+    aliases failing to connect; those are left out, so that no other check connects to
+    them, and their ``django_dbpool.E004`` is reported by :func:`check_configuration`."""
+    reachable: list[str] = []
+    errors: list[checks.CheckMessage] = []
+    pooled = pooled_aliases()
+    for alias in databases:
+        found = _check_server(alias) if alias in pooled else []
+        if any(message.id == "django_dbpool.E004" for message in found):
+            errors.extend(found)
+        else:
+            reachable.append(alias)
+    token = _unreachable.set(tuple(errors))
+    try:
+        yield reachable
+    finally:
+        _unreachable.reset(token)
 
 
 @checks.register(checks.Tags.database)
@@ -268,12 +346,20 @@ def _check_server(alias: str) -> list[checks.CheckMessage]:
             cursor.execute("SELECT 1")
             limit = _server_connection_limit(cursor, _vendor(alias))
     except Exception as exc:
+        failed = _connect_failed(exc)
+        if failed is not None:
+            # The pool's errors quote the last connect error: say it once, the fix as hint.
+            cause, hint = f"{failed.failure}.", failed.fix
+        else:
+            cause = f"{type(exc).__name__}: {exc}"
+            hint = (
+                "Check HOST, PORT, NAME, USER and PASSWORD, and that the server accepts "
+                "connections from this host."
+            )
         return [
             checks.Error(
-                f"DATABASES[{alias!r}]: could not run SELECT 1 through the pool: "
-                f"{type(exc).__name__}: {exc}",
-                hint="Check HOST, PORT, NAME, USER and PASSWORD, and that the server "
-                "accepts connections from this host.",
+                f"DATABASES[{alias!r}]: could not run SELECT 1 through the pool: {cause}",
+                hint=hint,
                 id="django_dbpool.E004",
             )
         ]
@@ -296,6 +382,14 @@ def _check_server(alias: str) -> list[checks.CheckMessage]:
             )
         ]
     return []
+
+
+def _connect_failed(error: BaseException) -> ConnectFailed | None:
+    # PoolUnavailable's cause, or the error itself.
+    seen: BaseException | None = error
+    while seen is not None and not isinstance(seen, ConnectFailed):
+        seen = seen.__cause__
+    return seen
 
 
 def _server_connection_limit(cursor: Any, vendor: str) -> int:

@@ -4,7 +4,8 @@
 setting                              default   meaning
 ==================================== ========= =============================================
 ``DBPOOL_READY_ALIASES``             ``None``  aliases ``/health/ready`` checks (None: every
-                                               pooled alias)
+                                               pooled alias; every alias when none is
+                                               pooled)
 ``DBPOOL_READY_TIMEOUT``             ``1.0``   seconds readiness waits for a connection and
                                                its probe, independent of the pool's TIMEOUT
 ``DBPOOL_HEALTH_DETAILS_FOR_STAFF``  ``False`` staff users see probe latency and gauges

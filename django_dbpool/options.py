@@ -25,6 +25,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from .pool import PoolConfigError, PoolOptions
+from .pool.options import closest_option
 
 __all__ = [
     "OPTIONS_PREFIX",
@@ -47,6 +48,8 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 _KNOWN_OPTIONS = frozenset(f.name.upper() for f in fields(PoolOptions))
+#: Every name POOL takes: the pool core's options and the backend's.
+_ALL_OPTIONS = _KNOWN_OPTIONS | _BACKEND_OPTIONS | {"PGBOUNCER"}
 _INTEGER_OPTIONS = frozenset(f.name.upper() for f in fields(PoolOptions) if f.type in ("int", int))
 
 
@@ -71,11 +74,16 @@ def alias_options(alias: str, settings_dict: Mapping[str, Any]) -> AliasOptions:
             f"DATABASES[{alias!r}]['POOL'] must be a dict of pool options such as "
             f"{{'MAX_SIZE': 10}}, not {type(pool).__name__} {pool!r}."
         )
+    for key in pool:
+        if key not in _ALL_OPTIONS:
+            raise _unknown_option(alias, key)
     merged: dict[str, Any] = dict(pool)
     for key, value in (settings_dict.get("OPTIONS") or {}).items():
         if not (isinstance(key, str) and key.startswith(OPTIONS_PREFIX)):
             continue
         name = key[len(OPTIONS_PREFIX) :].upper()
+        if name not in _ALL_OPTIONS:
+            raise _unknown_option(alias, name, key)
         if name in pool:
             raise ImproperlyConfigured(
                 f"DATABASES[{alias!r}] sets the pool option {name} twice: in POOL "
@@ -190,6 +198,27 @@ def _cast(alias: str, key: str, name: str, value: object) -> object:
         ) from None
 
 
+def _unknown_option(alias: str, name: object, key: str | None = None) -> ImproperlyConfigured:
+    # name: a key of POOL, or the option a pool_* key of OPTIONS (key) names, upper-cased.
+    match = closest_option(name, _ALL_OPTIONS) if isinstance(name, str) else None
+    if match is None:
+        hint = ""
+    elif key is not None:
+        # In the spelling of the database URL, where the key most likely came from.
+        hint = f" Did you mean {OPTIONS_PREFIX}{match.lower()}?"
+    elif match == str(name).upper():
+        hint = f" Option names are upper case: did you mean {match!r}?"
+    else:
+        hint = f" Did you mean {match!r}?"
+    message = (
+        f"DATABASES[{alias!r}]: Unknown POOL option {name!r}.{hint} Known options: "
+        f"{', '.join(sorted(_ALL_OPTIONS))}."
+    )
+    if key is not None:
+        message += _url_origin(str(name), {})
+    return ImproperlyConfigured(message)
+
+
 def _url_origin(option: str, pool: Mapping[str, Any]) -> str:
     # An option that is not in POOL came from OPTIONS, that is, most likely from a query
     # parameter of the database URL: say so, in the spelling the user wrote.
@@ -223,7 +252,7 @@ def parse_database_url(url: str | None, *, setting: str = "DATABASE_URL") -> dic
     except ImportError:
         raise ImproperlyConfigured(
             f"{setting}: reading a database URL needs django-environ: "
-            "pip install 'django-dbpool[environ]'."
+            "pip install 'dj-dbpool[environ]'."
         ) from None
     scheme, sep, _ = url.partition("://") if isinstance(url, str) else ("", "", "")
     if not sep or not _SCHEME.match(scheme):

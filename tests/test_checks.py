@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import configparser
+from pathlib import Path
+
+import django
 import pytest
 from django.conf import settings
 from django.core import checks
 from django.db import connections
 from django.test import override_settings
 
-from django_dbpool.checks import check_configuration, check_deployment
+import django_dbpool
+from django_dbpool.backends.base import AUTH_HINT
+from django_dbpool.checks import (
+    TESTED_DJANGO_VERSIONS,
+    check_configuration,
+    check_deployment,
+    check_django_version,
+    check_pooled_aliases,
+)
 
 # The checks read settings.DATABASES only; overriding it is what they are about.
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
@@ -161,22 +173,109 @@ def test_database_check_connects_through_the_pool() -> None:
     assert connections["default"].pool.stats().acquired >= 1
 
 
-@pytest.mark.django_db(databases=["default", "small"])
+# transaction=True: in a test transaction the check would meet "cannot open a new connection
+# in an atomic block", not the server.
+@pytest.mark.django_db(transaction=True, databases=["default", "small"])
 def test_e004_database_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "Wrong-Password-7f3a9c"
-    connections["small"].close()  # the check must open a connection, not reuse one
-    monkeypatch.setitem(connections["small"].settings_dict, "PASSWORD", secret)
+    wrapper = connections["small"]
+    wrapper.close()  # the check must open a connection, not reuse one
+    monkeypatch.setitem(wrapper.settings_dict, "PASSWORD", secret)
     try:
         message = only(check_configuration(databases=["small"]))
     finally:
-        connections["small"].close_pool()
+        wrapper.close_pool()
+    s = wrapper.settings_dict
+    if wrapper.vendor == "postgresql":
+        cause = f'password authentication failed for user "{s["USER"]}"'
+    else:
+        cause = (
+            f"Access denied for user '{s['USER']}'@'{s['HOST']}' (using password: YES) (error 1045)"
+        )
     assert message.id == "django_dbpool.E004"
-    assert message.msg.startswith("DATABASES['small']: could not run SELECT 1 through the pool: ")
+    # The cause once, and what to check for it as the hint.
+    assert message.msg == (
+        "DATABASES['small']: could not run SELECT 1 through the pool: cannot connect to "
+        f"{s['HOST']}:{s['PORT']} as USER '{s['USER']}': {cause}."
+    )
+    assert message.hint == AUTH_HINT
     assert secret not in message.msg
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "small"])
+def test_e004_other_errors_keep_the_general_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    wrapper = connections["small"]
+    wrapper.close()
+    # A setting the backend rejects before it connects.
+    monkeypatch.setitem(wrapper.settings_dict, "OPTIONS", {"isolation_level": "sometimes"})
+    try:
+        message = only(check_configuration(databases=["small"]))
+    finally:
+        wrapper.close_pool()
+    assert message.id == "django_dbpool.E004"
+    assert message.msg.startswith(
+        "DATABASES['small']: could not run SELECT 1 through the pool: ImproperlyConfigured: "
+    )
     assert message.hint == (
         "Check HOST, PORT, NAME, USER and PASSWORD, and that the server accepts connections "
         "from this host."
     )
+
+
+def test_w008_no_alias_uses_a_pooled_engine() -> None:
+    dbs = databases(
+        default={"ENGINE": "django.db.backends.postgresql"},
+        replica={"ENGINE": "django.db.backends.mysql"},
+    )
+    with override_settings(DATABASES=dbs):
+        message = only(check_pooled_aliases())
+    assert message.id == "django_dbpool.W008"
+    assert isinstance(message, checks.Warning)
+    assert message.msg == (
+        "django_dbpool is in INSTALLED_APPS, but no alias of DATABASES uses one of its ENGINEs "
+        "('default' uses django.db.backends.postgresql; 'replica' uses "
+        "django.db.backends.mysql): nothing is pooled."
+    )
+    assert message.hint == (
+        "Set ENGINE to 'django_dbpool.backends.postgresql' or 'django_dbpool.backends.mysql'; "
+        "in a database URL, use the pgpool:// or mysqlpool:// scheme (postgres:// and mysql:// "
+        "keep Django's own ENGINE)."
+    )
+    dbs["replica"]["ENGINE"] = MY
+    with override_settings(DATABASES=dbs):
+        assert check_pooled_aliases() == []
+
+
+def test_w009_a_django_release_the_suite_does_not_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert check_django_version() == []  # the release this suite runs on
+    monkeypatch.setattr(django, "VERSION", (6, 0, 0, "final", 0))
+    message = only(check_django_version())
+    assert message.id == "django_dbpool.W009"
+    assert isinstance(message, checks.Warning)
+    assert message.msg == (
+        f"django_dbpool {django_dbpool.__version__} is tested with Django 5.2, and this is "
+        "Django 6.0. Its backends re-implement part of Django's connect() (the per-connection "
+        "state a checkout resets), which a release it was not tested with may do differently."
+    )
+    assert message.hint == (
+        "Use Django 5.2, or a django_dbpool release tested with this one. Once your own test "
+        "suite passes on it, silence this warning with SILENCED_SYSTEM_CHECKS = "
+        "['django_dbpool.W009']."
+    )
+    assert check_django_version in checks.registry.registry.registered_checks
+    assert checks.Tags.compatibility in check_django_version.tags  # type: ignore[attr-defined]
+
+
+def test_tested_django_versions_are_the_classifiers() -> None:
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    prefix = "Framework :: Django :: "
+    classifiers = [
+        line.strip().removeprefix(prefix)
+        for line in config["metadata"]["classifiers"].splitlines()
+        if line.strip().startswith(prefix)
+    ]
+    assert classifiers == [f"{major}.{minor}" for major, minor in TESTED_DJANGO_VERSIONS]
 
 
 @pytest.mark.django_db(databases=["default", "small"])

@@ -11,6 +11,7 @@ from django.db.utils import ConnectionHandler
 import django_dbpool  # noqa: F401 - registers the URL schemes
 from django_dbpool.backends.mysql.base import DatabaseClient
 from django_dbpool.options import alias_options, driver_options, mysql_tls_options
+from django_dbpool.pool import PoolConfigError, PoolOptions
 
 
 def test_pool_dict_and_url_parameters_are_merged_and_cast() -> None:
@@ -83,6 +84,81 @@ def test_bad_options_name_the_alias_the_key_and_what_is_accepted(
     with pytest.raises(ImproperlyConfigured) as info:
         alias_options("db", settings_dict)
     assert str(info.value).startswith(message)
+
+
+KNOWN = (
+    "Known options: BACKOFF_MAX, DRAIN_TIMEOUT, FAIL_FAST_AFTER, KEEPALIVE, LEAK_TIMEOUT, "
+    "MAX_IDLE, MAX_LIFETIME, MAX_SIZE, MAX_WAITING, MIN_SIZE, PGBOUNCER, RESET, TIMEOUT, "
+    "VALIDATE_AFTER."
+)
+URL_SPELLING = (
+    "URL parameters are the option names in lower case with the pool_ prefix, as in pool_max_size."
+)
+
+
+@pytest.mark.parametrize(
+    ("settings_dict", "message"),
+    [
+        (
+            {"POOL": {"MAX_SZIE": 3}},
+            f"DATABASES['db']: Unknown POOL option 'MAX_SZIE'. Did you mean 'MAX_SIZE'? {KNOWN}",
+        ),
+        (
+            {"POOL": {"max_szie": 3}},
+            f"DATABASES['db']: Unknown POOL option 'max_szie'. Did you mean 'MAX_SIZE'? {KNOWN}",
+        ),
+        (
+            {"POOL": {"TIMOUT": 3}},
+            f"DATABASES['db']: Unknown POOL option 'TIMOUT'. Did you mean 'TIMEOUT'? {KNOWN}",
+        ),
+        # The backend's own options are suggested too.
+        (
+            {"POOL": {"RESETT": True}},
+            f"DATABASES['db']: Unknown POOL option 'RESETT'. Did you mean 'RESET'? {KNOWN}",
+        ),
+        (
+            {"POOL": {"PG_BOUNCER": "transaction"}},
+            f"DATABASES['db']: Unknown POOL option 'PG_BOUNCER'. Did you mean 'PGBOUNCER'? {KNOWN}",
+        ),
+        # In the database URL's spelling when it came from there.
+        (
+            {"OPTIONS": {"pool_max_szie": "3"}},
+            "DATABASES['db']: Unknown POOL option 'MAX_SZIE'. Did you mean pool_max_size? "
+            f"{KNOWN} It was set by OPTIONS['pool_max_szie'], the pool_max_szie parameter of "
+            f"the database URL. {URL_SPELLING}",
+        ),
+        # An unknown URL parameter is unknown, whatever its value.
+        (
+            {"OPTIONS": {"pool_size": "abc"}},
+            f"DATABASES['db']: Unknown POOL option 'SIZE'. {KNOWN} It was set by "
+            "OPTIONS['pool_size'], the pool_size parameter of the database URL. "
+            f"{URL_SPELLING}",
+        ),
+        # Another option's name, not a typo: no guess.
+        (
+            {"POOL": {"IDLE_TIMEOUT": 60}},
+            f"DATABASES['db']: Unknown POOL option 'IDLE_TIMEOUT'. {KNOWN}",
+        ),
+        (
+            {"POOL": {"SIZE": 3}},
+            f"DATABASES['db']: Unknown POOL option 'SIZE'. {KNOWN}",
+        ),
+    ],
+)
+def test_unknown_option_gets_a_suggestion_for_a_close_typo(
+    settings_dict: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ImproperlyConfigured) as info:
+        alias_options("db", settings_dict)
+    assert str(info.value) == message
+
+
+def test_the_pool_core_suggests_its_own_options() -> None:
+    with pytest.raises(PoolConfigError) as info:
+        PoolOptions.from_mapping({"MAX_SZIE": 3})
+    assert str(info.value).startswith(
+        "Unknown POOL option 'MAX_SZIE'. Did you mean 'MAX_SIZE'? Known options: BACKOFF_MAX, "
+    )
 
 
 def test_unknown_key_lists_the_known_options() -> None:

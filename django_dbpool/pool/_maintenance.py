@@ -14,8 +14,9 @@ import time
 from collections import deque
 from typing import TypeVar
 
-from ._records import Holder, Slot, backoff_delay, format_holder
+from ._records import Holder, Slot, backoff_delay, format_holder, orphaned
 from ._state import PoolState
+from .errors import ConnectFailed
 
 logger = logging.getLogger("django_dbpool.pool")
 
@@ -64,17 +65,35 @@ class Maintenance(PoolState[C]):
         try:
             conn = self._connect()
         except BaseException as exc:
+            if not isinstance(exc, Exception):
+                with self._lock:
+                    self._opening -= 1
+                raise
+            # Only this thread changes _failures and _unavailable, so what the lock below
+            # records is known now: logged first, a woken caller's traceback cannot be
+            # printed through the middle of these lines.
+            failures = self._failures + 1
+            now_failing_fast = failures >= self.options.fail_fast_after and not self._unavailable
+            if isinstance(exc, ConnectFailed):
+                # Its message says what failed and what to check; the frames are this
+                # thread's, which no caller called: a caller's traceback quotes it and the
+                # driver's error in one line each.
+                exc.__traceback__ = None
+                if exc.__cause__ is not None:
+                    exc.__cause__.__traceback__ = None
+            if failures == 1 or now_failing_fast:
+                logger.warning(
+                    "pool %r: connect failed (%d in a row)%s: %r",
+                    self.name,
+                    failures,
+                    "; failing fast until a connect succeeds" if now_failing_fast else "",
+                    exc,
+                )
             with self._lock:
                 self._opening -= 1
-                if not isinstance(exc, Exception):
-                    raise
-                self._failures += 1
+                self._failures = failures
                 self._connect_errors += 1
                 self._last_error = exc
-                failures = self._failures
-                now_failing_fast = (
-                    failures >= self.options.fail_fast_after and not self._unavailable
-                )
                 if now_failing_fast:
                     self._unavailable = True
                     self._fail_waiters_locked()
@@ -85,14 +104,6 @@ class Maintenance(PoolState[C]):
                     waiter.error = exc
                     self._leave_locked(waiter)
                     waiter.wake()
-            if failures == 1 or now_failing_fast:
-                logger.warning(
-                    "pool %r: connect failed (%d in a row)%s: %r",
-                    self.name,
-                    failures,
-                    "; failing fast until a connect succeeds" if now_failing_fast else "",
-                    exc,
-                )
             return
         now = self._clock()
         slot: Slot[C] = Slot(conn, now, self.options.max_lifetime)
@@ -178,7 +189,7 @@ class Maintenance(PoolState[C]):
             for key, slot in list(self._out.items()):
                 holder = slot.holder
                 assert holder is not None
-                if slot.shared is not holder and not holder[0].is_alive():
+                if orphaned(slot):
                     del self._out[key]
                     orphans.append(slot)
                 elif (

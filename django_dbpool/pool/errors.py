@@ -13,6 +13,8 @@ database alias and turns it into ``ImproperlyConfigured``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.utils import OperationalError
 
 __all__ = [
@@ -53,16 +55,28 @@ class PoolClosed(PoolError):
 class ConnectFailed(PoolError):
     """A new connection could not be opened; ``__cause__`` is the driver's error.
 
-    The Django backends raise it from their connect callable with a message that names the
-    database alias, where it connected, the cause and what to check, and never the password.
-    The pool treats it like any other connect error: callers usually meet it as the last
-    error quoted by ``PoolUnavailable`` or ``PoolTimeout``.
+    The Django backends raise it from their connect callable; its message is ``"{subject}:
+    {failure}. {fix}"``: who could not connect (``DATABASES['default']``), what failed and
+    why (where it connected, as which user, the cause, on one line), and what to check. It
+    never holds the password. The pool treats it like any other connect error, except that
+    it drops the connector thread's frames from it and its cause (the message says what
+    happened; no caller called that thread): callers usually meet it as the ``__cause__``
+    and the last error quoted by ``PoolUnavailable`` or ``PoolTimeout``.
     """
 
+    def __init__(self, subject: str, failure: str, fix: str) -> None:
+        self.subject = subject
+        self.failure = failure
+        self.fix = fix
+        super().__init__(f"{subject}: {failure}. {fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.subject, self.failure, self.fix))
+
     def __repr__(self) -> str:
-        # Quoted with %r by the pool's messages and logs: read like the last line of a
-        # traceback, not like an escaped string literal.
-        return f"{type(self).__name__}: {self}"
+        # Quoted with %r by the pool's messages and logs, which name the pool (the alias)
+        # first: read like the last line of a traceback, without naming the alias again.
+        return f"{type(self).__name__}: {self.failure}. {self.fix}"
 
 
 class PoolConfigError(ValueError):

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import PoolConfigError
 
-__all__ = ["PoolOptions"]
+__all__ = ["PoolOptions", "closest_option"]
+
+#: How alike (difflib's ratio) an unknown option name must be to a known one for "did you
+#: mean": a typo of a letter or two (MAX_SZIE), not another option that shares a word with it
+#: (IDLE_TIMEOUT is not LEAK_TIMEOUT, MAX_WAIT not MAX_WAITING).
+_SUGGEST_CUTOFF = 0.85
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,11 @@ class PoolOptions:
             attr = known.get(key) if isinstance(key, str) else None
             if attr is None:
                 hint = ""
-                if isinstance(key, str) and key.upper() in known:
-                    hint = f" Option names are upper case: did you mean {key.upper()!r}?"
+                match = closest_option(key, known) if isinstance(key, str) else None
+                if isinstance(key, str) and match == key.upper():
+                    hint = f" Option names are upper case: did you mean {match!r}?"
+                elif match is not None:
+                    hint = f" Did you mean {match!r}?"
                 names = ", ".join(sorted(known))
                 raise PoolConfigError(
                     str(key),
@@ -100,6 +109,13 @@ class PoolOptions:
     def as_settings(self) -> dict[str, float | int]:
         """The options under their public upper-case names, as a user would write them."""
         return {f.name.upper(): getattr(self, f.name) for f in fields(self)}
+
+
+def closest_option(name: str, known: Iterable[str]) -> str | None:
+    """The name in ``known`` (upper case) that ``name`` most likely misspells, whatever its
+    case; None when none is close enough."""
+    matches = difflib.get_close_matches(name.upper(), list(known), n=1, cutoff=_SUGGEST_CUTOFF)
+    return matches[0] if matches else None
 
 
 # (attribute, must be > 0 rather than >= 0, note on the meaning of 0)
