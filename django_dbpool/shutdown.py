@@ -219,7 +219,11 @@ def _watch_wakeups(read_fd: int) -> None:
         if not data:
             return
         for signum in set(data):
-            if _previous.get(signum, _NOT_OURS) == signal.SIG_DFL and not _dying.is_set():
+            if (
+                _previous.get(signum, _NOT_OURS) == signal.SIG_DFL
+                and signal.getsignal(signum) is _handle  # not replaced since (gunicorn's)
+                and not _dying.is_set()
+            ):
                 _unstick_main_thread()
 
 
