@@ -1,7 +1,9 @@
 """The pool's two background threads, started at the first acquire that has to wait.
 
-The connector opens connections one at a time, only while there is demand and room, and
-applies the backoff and the fail-fast state. The housekeeper retires old connections, trims
+The connector opens connections while there is demand and room, each on a short-lived thread
+of its own: one at a time while connects are quick, more when one hangs (see
+``HEDGE_AFTER_SECONDS``); it applies the backoff, the fail-fast state and its half-open probes
+(see ``HALF_OPEN_SECONDS``). The housekeeper retires old connections, trims
 idle ones, runs keepalive probes, reports leaks and reclaims orphans. Both are daemons and
 exit when the pool closes; a forked child starts its own.
 """
@@ -9,18 +11,32 @@ exit when the pool closes; a forked child starts its own.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
 from typing import TypeVar
 
-from ._records import Holder, Slot, backoff_delay, format_holder, orphaned
+from ._records import Holder, Slot, Waiter, backoff_delay, format_holder, orphaned
 from ._state import PoolState
 from .errors import ConnectFailed
 
 logger = logging.getLogger("django_dbpool.pool")
 
 C = TypeVar("C")
+
+#: A further connect starts while callers wait and every connect in flight has taken this
+#: long: about 40 times a TLS connect to PostgreSQL on the same host, so a healthy server's
+#: connects stay one at a time, while callers wait at most this long behind one that hangs
+#: (a server or load balancer that accepts and never answers, a PgBouncer waiting on its
+#: own server) instead of until its CONNECT_TIMEOUT.
+HEDGE_AFTER_SECONDS = 0.5
+#: Connects in flight at most (and at most MAX_SIZE in all). Three, as psycopg_pool's
+#: workers: two connects hanging at once still leave one that can get through.
+MAX_CONNECTS_IN_FLIGHT = 3
+#: While failing fast, a caller has a connect tried at most this often (see
+#: Maintenance._request_probe_locked).
+HALF_OPEN_SECONDS = 0.25
 
 
 class Maintenance(PoolState[C]):
@@ -39,76 +55,77 @@ class Maintenance(PoolState[C]):
     # -- connector ----------------------------------------------------------------------------
 
     def _connector_loop(self) -> None:
+        # Decides when to connect; each connect runs on a thread of its own, so that one
+        # that hangs (a server that accepts and never answers) does not stop the next.
         wake = self._connector_wake
         while True:
             with self._lock:
-                while not self._needs_connection():
+                while (wait := self._connect_wait_locked()) > 0:
                     if self._closed:
                         return
-                    wake.wait()
+                    wake.wait(None if wait == math.inf else wait)
                 if self._failures:
-                    # Back off before retrying; only close() cuts the wait short.
+                    # Back off before retrying; close() or a caller's half-open probe
+                    # request (see Pool.acquire) cuts the wait short.
                     delay = backoff_delay(
                         self._failures, self.options.backoff_max, self._random.uniform
                     )
                     end = time.monotonic() + delay
-                    while not self._closed and (left := end - time.monotonic()) > 0:
+                    while (
+                        not self._closed
+                        and not self._probe_requested
+                        and (left := end - time.monotonic()) > 0
+                    ):
                         wake.wait(left)
-                    if not self._needs_connection():
+                    if self._connect_wait_locked() > 0:
                         continue
                 # Reserve the place before connecting: this is what keeps the bound.
                 self._opening += 1
-            self._open_one()
+                start = time.monotonic()
+                self._connect_starts.append(start)
+                self._last_attempt = start
+                self._probe_requested = False
+            threading.Thread(
+                target=self._open_one,
+                args=(start,),
+                name=f"django_dbpool[{self.name}] connect",
+                daemon=True,
+            ).start()
 
-    def _open_one(self) -> None:
+    def _connect_wait_locked(self) -> float:
+        # 0 to open a connection now, else how long to wait before asking again (inf: until
+        # woken). One connect at a time, as long as connects are quick: a returned
+        # connection goes to a waiter before a new one opens, so a burst does not end with a
+        # pile of new connections. Another starts, up to MAX_CONNECTS_IN_FLIGHT, only while
+        # callers wait and every connect in flight has taken HEDGE_AFTER_SECONDS. While
+        # connects fail, one at a time.
+        if not self._opening:
+            return 0.0 if self._needs_connection() else math.inf
+        if (
+            self._closed
+            or self._failures
+            or not self._waiters
+            or self._opening >= MAX_CONNECTS_IN_FLIGHT
+            or self._size + self._opening >= self.options.max_size
+        ):
+            return math.inf
+        return max(HEDGE_AFTER_SECONDS - (time.monotonic() - self._connect_starts[-1]), 0.0)
+
+    def _open_one(self, started: float) -> None:
         start = self._clock()
         try:
             conn = self._connect()
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 with self._lock:
-                    self._opening -= 1
+                    self._connect_done_locked(started)
                 raise
-            # Only this thread changes _failures and _unavailable, so what the lock below
-            # records is known now: logged first, a woken caller's traceback cannot be
-            # printed through the middle of these lines.
-            failures = self._failures + 1
-            now_failing_fast = failures >= self.options.fail_fast_after and not self._unavailable
-            if isinstance(exc, ConnectFailed):
-                # Its message says what failed and what to check; the frames are this
-                # thread's, which no caller called: a caller's traceback quotes it and the
-                # driver's error in one line each.
-                exc.__traceback__ = None
-                if exc.__cause__ is not None:
-                    exc.__cause__.__traceback__ = None
-            if failures == 1 or now_failing_fast:
-                logger.warning(
-                    "pool %r: connect failed (%d in a row)%s: %r",
-                    self.name,
-                    failures,
-                    "; failing fast until a connect succeeds" if now_failing_fast else "",
-                    exc,
-                )
-            with self._lock:
-                self._opening -= 1
-                self._failures = failures
-                self._connect_errors += 1
-                self._last_error = exc
-                if now_failing_fast:
-                    self._unavailable = True
-                    self._fail_waiters_locked()
-                elif self._waiters and not self._transient(exc):
-                    # A wrong configuration, not an unreachable database: waiting or
-                    # retrying cannot help the caller, who gets the error itself.
-                    waiter = self._waiters[0]
-                    waiter.error = exc
-                    self._leave_locked(waiter)
-                    waiter.wake()
+            self._connect_failed(started, exc)
             return
         now = self._clock()
         slot: Slot[C] = Slot(conn, now, self.options.max_lifetime)
         with self._lock:
-            self._opening -= 1
+            self._connect_done_locked(started)
             recovered = self._unavailable
             self._failures = 0
             self._unavailable = False
@@ -123,6 +140,50 @@ class Maintenance(PoolState[C]):
         if not usable:
             self._close_slot(slot, "shutdown")
 
+    def _connect_done_locked(self, started: float) -> None:
+        self._opening -= 1
+        self._connect_starts.remove(started)
+        self._connector_wake.notify()
+
+    def _connect_failed(self, started: float, exc: Exception) -> None:
+        if isinstance(exc, ConnectFailed):
+            # Its message says what failed and what to check; the frames are this thread's,
+            # which no caller called: a caller's traceback quotes it and the driver's error
+            # in one line each.
+            exc.__traceback__ = None
+            if exc.__cause__ is not None:
+                exc.__cause__.__traceback__ = None
+        with self._lock:
+            self._connect_done_locked(started)
+            self._failures += 1
+            failures = self._failures
+            self._connect_errors += 1
+            self._last_error = exc
+            now_failing_fast = failures >= self.options.fail_fast_after and not self._unavailable
+            failed: list[Waiter[C]] = []
+            if now_failing_fast:
+                self._unavailable = True
+                failed = self._fail_waiters_locked()
+            elif self._waiters and not self._transient(exc):
+                # A wrong configuration, not an unreachable database: waiting or retrying
+                # cannot help the caller, who gets the error itself.
+                waiter = self._waiters[0]
+                waiter.error = exc
+                self._leave_locked(waiter)
+                failed = [waiter]
+        # Logged before the callers given the error are woken, so that a caller's traceback
+        # is not printed through the middle of these lines.
+        if failures == 1 or now_failing_fast:
+            logger.warning(
+                "pool %r: connect failed (%d in a row)%s: %r",
+                self.name,
+                failures,
+                "; failing fast until a connect succeeds" if now_failing_fast else "",
+                exc,
+            )
+        for waiter in failed:
+            waiter.wake()
+
     def _transient(self, exc: BaseException) -> bool:
         if self._is_transient is None:
             return True
@@ -132,13 +193,28 @@ class Maintenance(PoolState[C]):
             logger.exception("pool %r: is_transient failed", self.name)
             return True
 
-    def _fail_waiters_locked(self) -> None:
+    def _fail_waiters_locked(self) -> list[Waiter[C]]:
+        # Gives every waiter the unavailable error; the caller wakes them.
         waiters = list(self._waiters)
         self._waiters.clear()
         for waiter in waiters:
             self._unavailable_count += 1
             waiter.error = self._unavailable_error()
-            waiter.wake()
+        return waiters
+
+    def _request_probe_locked(self) -> None:
+        # The half-open circuit: while failing fast, a caller (who still gets
+        # PoolUnavailable at once) has the connector try now, instead of after its backoff,
+        # when no connect is in flight and none started within HALF_OPEN_SECONDS. So a busy
+        # process notices the database's return within about that, with at most a few
+        # attempts per second while it is down.
+        if (
+            not self._probe_requested
+            and not self._opening
+            and time.monotonic() - self._last_attempt >= HALF_OPEN_SECONDS
+        ):
+            self._probe_requested = True
+            self._connector_wake.notify()
 
     # -- housekeeper --------------------------------------------------------------------------
 

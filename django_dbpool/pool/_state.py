@@ -14,6 +14,7 @@ under any interleaving.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -77,6 +78,11 @@ class PoolState(Generic[C]):
         self._opening = 0
         self._started = False
         self._failures = 0
+        # When each connect in flight started (time.monotonic), oldest first; when the last
+        # attempt started; whether a caller asked for a half-open probe.
+        self._connect_starts: list[float] = []
+        self._last_attempt = -math.inf
+        self._probe_requested = False
         self._unavailable = False
         self._last_error: BaseException | None = None
         self._abort_drain = False

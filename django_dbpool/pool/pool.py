@@ -490,6 +490,7 @@ class Pool(Maintenance[C]):
                     continue
                 if self._unavailable:
                     self._unavailable_count += 1
+                    self._request_probe_locked()
                     raise self._unavailable_error()
                 max_waiting = self.options.max_waiting
                 if max_waiting and len(self._waiters) >= max_waiting:

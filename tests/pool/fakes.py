@@ -35,6 +35,7 @@ class FakeDriver:
     """Counts everything the pool does to connections, and tracks the open-or-opening peak.
 
     ``connect_gate``: when set, each connect blocks until it is set (hanging connect).
+    ``hang_next``: this many of the next connects block until ``hung_gate`` is set.
     ``connect_delay``: seconds each connect sleeps (a slow server).
     ``down``: connects raise FakeConnectError.
     ``error``: when set, failing connects raise it instead of FakeConnectError.
@@ -50,6 +51,10 @@ class FakeDriver:
         self.connects_started = threading.Semaphore(0)
         self.connected = threading.Event()
         self.connect_gate: threading.Event | None = None
+        # This many of the next connects hang until hung_gate is set (a server that
+        # accepts and never answers), while the others go through.
+        self.hang_next = 0
+        self.hung_gate = threading.Event()
         self.connect_delay = 0.0
         self.down = False
         self.fail_next = 0  # this many connects fail, then they succeed again
@@ -67,6 +72,11 @@ class FakeDriver:
             self.peak = max(self.peak, self.open_or_opening)
         self.connects_started.release()
         try:
+            with self.lock:
+                hang = self.hang_next > 0
+                self.hang_next = max(self.hang_next - 1, 0)
+            if hang:
+                self.hung_gate.wait(30)
             gate = self.connect_gate
             if gate is not None:
                 gate.wait(30)

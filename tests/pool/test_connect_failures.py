@@ -6,6 +6,7 @@ pool twice."""
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 
 import pytest
@@ -20,22 +21,31 @@ def test_failing_fast_is_logged_before_the_waiting_caller_wakes() -> None:
     driver = FakeDriver()
     driver.down = True
     pool, _ = make_pool(driver, FAIL_FAST_AFTER=2, BACKOFF_MAX=0.01, TIMEOUT=30)
-    waiting_when_logged: list[int] = []
+    woken = threading.Event()
+    woken_when_logged: list[bool] = []
 
     class Spy(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if "failing fast" in record.getMessage():
-                waiting_when_logged.append(pool.stats().waiting)
+                woken_when_logged.append(woken.is_set())
+
+    def caller() -> None:
+        with pytest.raises(PoolUnavailable):
+            pool.acquire()
+        woken.set()
 
     spy = Spy()
     logger = logging.getLogger("django_dbpool.pool")
     logger.addHandler(spy)
     try:
-        with closing(pool), pytest.raises(PoolUnavailable):
-            pool.acquire()
+        with closing(pool):
+            thread = threading.Thread(target=caller)
+            thread.start()
+            thread.join(30)
     finally:
         logger.removeHandler(spy)
-    assert waiting_when_logged == [1]
+    assert woken.is_set()
+    assert woken_when_logged == [False]
 
 
 def connect_failed() -> ConnectFailed:

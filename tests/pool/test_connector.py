@@ -1,4 +1,5 @@
-"""Behaviour 3: connects run off the lock in one background worker; returns go to waiters."""
+"""Behaviour 3: connects run off the lock, one at a time while they are quick, more when one
+hangs; returns go to waiters."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 import pytest
 
 from django_dbpool.pool import PoolTimeout
+from django_dbpool.pool._maintenance import HEDGE_AFTER_SECONDS, MAX_CONNECTS_IN_FLIGHT
 
 from .fakes import closing, make_pool, wait_until, warm
 
@@ -95,3 +97,50 @@ def test_spike_opens_at_most_two_extra_connections_and_serves_everyone():
         assert len(served) == callers
         assert driver.connect_attempts - 5 <= 2
         assert pool.stats().size <= 7
+
+
+def test_a_hung_connect_does_not_stop_the_next_one():
+    # A server (or load balancer) that accepts the first connection and never answers,
+    # while the next would work: callers are served well within TIMEOUT.
+    pool, driver = make_pool(MAX_SIZE=4, TIMEOUT=30)
+    with closing(pool):
+        driver.hang_next = 1
+        conn = pool.acquire()
+        assert driver.connect_attempts == 2
+        assert pool.stats().opening == 1  # the hung one, still in flight
+        pool.release(conn)
+        driver.hung_gate.set()
+        assert wait_until(lambda: pool.stats().opening == 0 and pool.stats().size == 2)
+
+
+def test_connects_in_flight_stay_bounded_when_every_connect_hangs():
+    pool, driver = make_pool(MAX_SIZE=10, TIMEOUT=30)
+    with closing(pool):
+        driver.hang_next = 100
+        errors: list[BaseException] = []
+
+        def caller() -> None:
+            try:
+                pool.acquire(timeout=HEDGE_AFTER_SECONDS * (MAX_CONNECTS_IN_FLIGHT + 2))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=caller) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(errors) == 8
+        assert all(isinstance(e, PoolTimeout) for e in errors)
+        assert driver.connect_attempts == MAX_CONNECTS_IN_FLIGHT
+        driver.hung_gate.set()
+
+
+def test_connects_in_flight_never_exceed_max_size():
+    pool, driver = make_pool(MAX_SIZE=2, TIMEOUT=30)
+    with closing(pool):
+        driver.hang_next = 100
+        with pytest.raises(PoolTimeout):
+            pool.acquire(timeout=HEDGE_AFTER_SECONDS * (MAX_CONNECTS_IN_FLIGHT + 2))
+        assert driver.connect_attempts == 2
+        driver.hung_gate.set()

@@ -4,10 +4,11 @@ fail fast with PoolUnavailable while the worker keeps trying; the first success 
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
-from django_dbpool.pool import Pool, PoolUnavailable
+from django_dbpool.pool import Pool, PoolUnavailable, _maintenance
 from django_dbpool.pool._records import BACKOFF_BASE, backoff_delay
 
 from .fakes import FakeAdapter, FakeConnectError, FakeDriver, closing, make_pool, wait_until
@@ -111,3 +112,53 @@ def test_a_configuration_error_reaches_the_caller_at_once_while_transient_ones_r
         assert driver.connect_attempts == 3
         assert pool.stats().connect_errors == 2
         pool.release(conn)
+
+
+def _failing_fast_with_a_long_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Pool[object], FakeDriver]:
+    # Every backoff is a minute: only a caller's half-open probe can make the pool try
+    # again within the test.
+    monkeypatch.setattr(_maintenance, "backoff_delay", lambda failures, cap, uniform: 60.0)
+    pool, driver = make_pool(FAIL_FAST_AFTER=1, TIMEOUT=30)
+    driver.down = True
+    with pytest.raises(PoolUnavailable):
+        pool.acquire()
+    assert pool.stats().unavailable_now
+    return pool, driver  # type: ignore[return-value]
+
+
+def test_a_caller_while_failing_fast_has_the_pool_try_again(monkeypatch):
+    pool, driver = _failing_fast_with_a_long_backoff(monkeypatch)
+    with closing(pool):
+        driver.down = False
+        # The callers still fail fast, but one of them after HALF_OPEN_SECONDS has the
+        # connector try at once instead of after its minute of backoff.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = pool.acquire()
+                break
+            except PoolUnavailable:
+                assert time.monotonic() < deadline, "never tried again"
+                time.sleep(0.01)
+        pool.release(conn)
+        assert driver.connect_attempts == 2
+        assert not pool.stats().unavailable_now
+
+
+def test_callers_while_failing_fast_try_at_most_every_half_open_interval(monkeypatch):
+    pool, driver = _failing_fast_with_a_long_backoff(monkeypatch)
+    with closing(pool):
+        start = time.monotonic()
+        attempts = driver.connect_attempts
+        calls = 0
+        while driver.connect_attempts < attempts + 3:
+            with pytest.raises(PoolUnavailable):
+                pool.acquire()
+            calls += 1
+            time.sleep(0.001)
+        elapsed = time.monotonic() - start
+        # Hundreds of failing callers, and no more attempts than one per interval.
+        assert calls > 3 * 10
+        assert elapsed >= 2 * _maintenance.HALF_OPEN_SECONDS
