@@ -11,6 +11,10 @@ Options may be written in two places, merged here into one validated
 The same option in both places is an error, as is an unknown key or a bad value: each
 raises ``ImproperlyConfigured`` naming the alias, the key, the value and what is accepted.
 
+The backends' own options (``RESET``, ``PGBOUNCER``, ``CONNECT_TIMEOUT``, ``NETWORK_TIMEOUT``)
+are validated here too but kept out of the pool core: they set up the driver, not the pool
+(:class:`AliasOptions`, :class:`TcpTimeouts`).
+
 Also here: the flat MySQL TLS keys a URL can carry (``?ssl_ca=...``), folded into the
 ``ssl`` dict mysqlclient takes (:func:`mysql_tls_options`).
 """
@@ -30,6 +34,7 @@ from .pool.options import closest_option
 __all__ = [
     "OPTIONS_PREFIX",
     "AliasOptions",
+    "TcpTimeouts",
     "alias_options",
     "driver_options",
     "mysql_tls_options",
@@ -40,8 +45,18 @@ __all__ = [
 #: Prefix of pool options inside ``OPTIONS`` (django-environ's URL query parameters).
 OPTIONS_PREFIX = "pool_"
 
-#: Options of the backend rather than of the pool core.
-_BACKEND_OPTIONS = frozenset({"RESET"})
+#: Options of the backend rather than of the pool core: yes/no ones, and the timeouts the
+#: backends hand the driver (in seconds).
+_BOOLEAN_OPTIONS = frozenset({"RESET"})
+_TIMEOUT_OPTIONS = frozenset({"CONNECT_TIMEOUT", "NETWORK_TIMEOUT"})
+_BACKEND_OPTIONS = _BOOLEAN_OPTIONS | _TIMEOUT_OPTIONS
+#: The defaults: a connect that takes longer than this has hung (a TCP connect, TLS and
+#: authentication take milliseconds); a peer silent this long is gone.
+DEFAULT_CONNECT_TIMEOUT = 10
+DEFAULT_NETWORK_TIMEOUT = 30.0
+#: NETWORK_TIMEOUT's range when not 0: the kernel counts keepalive times in whole seconds
+#: (1 at least), and a day without a word from the server is no network timeout.
+_NETWORK_TIMEOUT_RANGE = (1, 86400)
 #: PgBouncer pool modes Django can run behind (statement pooling cannot run a transaction).
 PGBOUNCER_MODES = ("transaction", "session")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -50,7 +65,9 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _KNOWN_OPTIONS = frozenset(f.name.upper() for f in fields(PoolOptions))
 #: Every name POOL takes: the pool core's options and the backend's.
 _ALL_OPTIONS = _KNOWN_OPTIONS | _BACKEND_OPTIONS | {"PGBOUNCER"}
-_INTEGER_OPTIONS = frozenset(f.name.upper() for f in fields(PoolOptions) if f.type in ("int", int))
+_INTEGER_OPTIONS = frozenset(
+    {f.name.upper() for f in fields(PoolOptions) if f.type in ("int", int)} | {"CONNECT_TIMEOUT"}
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,54 @@ class AliasOptions:
     reset: bool = False
     #: The pool mode of the PgBouncer the alias connects through, or None (no PgBouncer).
     pgbouncer: str | None = None
+    #: Whole seconds a connect may take (the drivers' ``connect_timeout``); 0: the driver's
+    #: own default.
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
+    #: Seconds of silence from the server after which a connection fails; 0: off.
+    network_timeout: float = DEFAULT_NETWORK_TIMEOUT
+
+    @property
+    def tcp_timeouts(self) -> TcpTimeouts | None:
+        """The socket settings that carry out ``network_timeout``; None when it is off."""
+        if not self.network_timeout:
+            return None
+        return TcpTimeouts.for_network_timeout(self.network_timeout)
+
+
+@dataclass(frozen=True)
+class TcpTimeouts:
+    """How a connection's TCP socket is set up so that a silent server is given up on after
+    about ``NETWORK_TIMEOUT`` seconds, while a statement on a healthy link, however long,
+    is never cut (no read timeout: a server that runs a statement says nothing until it
+    ends, but its kernel still answers TCP).
+
+    Two silences are told apart. Data sent and not acknowledged (a query sent into a dead
+    link): TCP_USER_TIMEOUT ends the connection after ``user_timeout_ms``. Nothing
+    unacknowledged (a statement sent, its result awaited): only keepalive probes notice,
+    which the server's kernel answers as long as the link works. Linux, with
+    TCP_USER_TIMEOUT set, ends such a connection at the first probe time at which the
+    server has been silent for the user timeout and a probe went unanswered. So the first
+    probe goes after half the timeout of silence (a healthy idle connection exchanges one
+    probe per half timeout, nothing more) and the next ones often enough that one is
+    always out by then: the connection ends within ``NETWORK_TIMEOUT`` plus one interval of
+    the server's last word. ``idle + count * interval`` is also about ``NETWORK_TIMEOUT``,
+    for a kernel that counts probes instead.
+    """
+
+    #: TCP_USER_TIMEOUT (libpq's ``tcp_user_timeout``), in milliseconds.
+    user_timeout_ms: int
+    #: TCP_KEEPIDLE, TCP_KEEPINTVL (seconds) and TCP_KEEPCNT (libpq's ``keepalives_*``).
+    keepalive_idle: int
+    keepalive_interval: int
+    keepalive_count: int
+
+    @classmethod
+    def for_network_timeout(cls, seconds: float) -> TcpTimeouts:
+        # Whole seconds, at least 1, at most what Linux accepts (32767 s; 127 probes).
+        idle = min(max(int(seconds / 2), 1), 32767)
+        interval = min(max(int((seconds - idle) / 3), 1), 32767)
+        count = min(max(round((seconds - idle) / interval), 1), 127)
+        return cls(round(seconds * 1000), idle, interval, count)
 
 
 def alias_options(alias: str, settings_dict: Mapping[str, Any]) -> AliasOptions:
@@ -101,12 +166,55 @@ def alias_options(alias: str, settings_dict: Mapping[str, Any]) -> AliasOptions:
             f"DATABASES[{alias!r}]: POOL option PGBOUNCER={pgbouncer!r} is invalid; expected "
             "'transaction' or 'session' (PgBouncer's pool_mode), or None."
         )
+    driver_timeout = (settings_dict.get("OPTIONS") or {}).get("connect_timeout")
+    if "CONNECT_TIMEOUT" in merged and driver_timeout is not None:
+        # Both drivers call theirs connect_timeout. The driver's own wins over CONNECT_TIMEOUT
+        # (see the backends), so that given in both places, one would be silently ignored.
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}] sets the connect timeout twice: as the pool option "
+            f"CONNECT_TIMEOUT ({merged['CONNECT_TIMEOUT']!r}) and as the driver's "
+            f"OPTIONS['connect_timeout'] ({driver_timeout!r}). Keep one of them."
+        )
+    connect_timeout = merged.pop("CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT)
+    network_timeout = merged.pop("NETWORK_TIMEOUT", DEFAULT_NETWORK_TIMEOUT)
     try:
-        return AliasOptions(PoolOptions.from_mapping(merged), reset=reset, pgbouncer=pgbouncer)
+        _check_connect_timeout(connect_timeout)
+        _check_network_timeout(network_timeout)
+        return AliasOptions(
+            PoolOptions.from_mapping(merged),
+            reset=reset,
+            pgbouncer=pgbouncer,
+            connect_timeout=connect_timeout,
+            network_timeout=float(network_timeout),
+        )
     except PoolConfigError as exc:
         raise ImproperlyConfigured(
             f"DATABASES[{alias!r}]: {exc}{_url_origin(exc.option, pool)}"
         ) from None
+
+
+def _check_connect_timeout(value: object) -> None:
+    # bool is an int subclass; True seconds is a mistake. Whole seconds: both drivers take
+    # an integer (and libpq waits 2 s at least).
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PoolConfigError(
+            "CONNECT_TIMEOUT",
+            value,
+            "a whole number of seconds >= 0 (0 leaves the driver's own default, which for "
+            "mysqlclient is no timeout)",
+        )
+
+
+def _check_network_timeout(value: object) -> None:
+    low, high = _NETWORK_TIMEOUT_RANGE
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (value == 0 or low <= value <= high)
+    ):
+        raise PoolConfigError(
+            "NETWORK_TIMEOUT", value, f"0 (off) or a number of seconds from {low} to {high}"
+        )
 
 
 def pool_options(alias: str, settings_dict: Mapping[str, Any]) -> PoolOptions:
@@ -176,7 +284,7 @@ def _mysql_tls_name(key: object) -> str | None:
 
 def _cast(alias: str, key: str, name: str, value: object) -> object:
     # URL query parameters arrive as strings (django-environ already turns "10" into 10).
-    if name in _BACKEND_OPTIONS:
+    if name in _BOOLEAN_OPTIONS:
         text = str(value).strip().lower()
         if text in _TRUE or text in _FALSE:
             return text in _TRUE
@@ -226,7 +334,7 @@ def _url_origin(option: str, pool: Mapping[str, Any]) -> str:
         return ""
     key = OPTIONS_PREFIX + option.lower()
     origin = f" It was set by OPTIONS[{key!r}], the {key} parameter of the database URL."
-    if option not in _KNOWN_OPTIONS:
+    if option not in _ALL_OPTIONS:
         origin += (
             f" URL parameters are the option names in lower case with the {OPTIONS_PREFIX} "
             f"prefix, as in {OPTIONS_PREFIX}max_size."

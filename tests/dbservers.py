@@ -84,6 +84,9 @@ DEBIAN_PACKAGES = {
     "pgbouncer": ["pgbouncer"],
     # The HTTP load generator of the benchmarks (benchmarks/web.py).
     "wrk": ["wrk"],
+    # Network partitions on loopback for the fault tests: rules that drop packets
+    # (tests/partition.py).
+    "nftables": ["nftables"],
 }
 
 
@@ -120,6 +123,11 @@ def pgbouncer_binary() -> str | None:
     return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
 
 
+def nft_binary() -> str | None:
+    """nftables' ``nft`` (Debian installs it in /usr/sbin), or None."""
+    return shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+
+
 def missing_packages() -> list[str]:
     missing: list[str] = []
     if postgres_bindir() is None:
@@ -145,6 +153,8 @@ def missing_packages() -> list[str]:
         missing += DEBIAN_PACKAGES["pgbouncer"]
     if shutil.which("wrk") is None:
         missing += DEBIAN_PACKAGES["wrk"]
+    if nft_binary() is None:
+        missing += DEBIAN_PACKAGES["nftables"]
     return missing
 
 

@@ -7,7 +7,10 @@ It sits between the application and a database server and can
 - black-hole the link (``blackhole()``): sockets stay open, nothing is forwarded and new
   connections are accepted but not connected onward, until ``heal()`` delivers what was held,
   as a partition that heals before TCP gives up would;
-- reset every connection at once (``reset_all()``).
+- reset every connection at once (``reset_all()``);
+- swallow the next connections (``swallow(n)``): accept them and never answer nor connect
+  them onward, as a hung server or a load balancer with a dead backend would; each is
+  recorded in ``swallowed`` with the moment the client gave up on it.
 
 It runs an asyncio loop in a daemon thread of the calling process; ``connections`` counts
 connections accepted, so a benchmark can tell how many connects went through it.
@@ -21,11 +24,12 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["TcpProxy", "tcp_proxy"]
+__all__ = ["Swallowed", "TcpProxy", "tcp_proxy"]
 
 _CHUNK = 65536
 
@@ -33,6 +37,16 @@ _CHUNK = 65536
 @dataclass(eq=False)
 class _Link:
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Swallowed:
+    """A connection the proxy accepted and never answered (see ``TcpProxy.swallow``)."""
+
+    #: ``time.monotonic()`` at accept, and when the client closed it or the proxy stopped
+    #: (None: still open).
+    accepted: float
+    closed: float | None = None
 
 
 class TcpProxy:
@@ -43,6 +57,8 @@ class TcpProxy:
         self.host = "127.0.0.1"
         self.port = 0
         self.connections = 0
+        self.swallowed: list[Swallowed] = []
+        self._swallow = 0
         self._delay = (0.0, 0.0)
         self._open = threading.Event()
         self._open.set()
@@ -70,6 +86,11 @@ class TcpProxy:
 
     def heal(self) -> None:
         self._call(self._set_open, True)
+
+    def swallow(self, count: int) -> None:
+        """Accept the next ``count`` connections and never answer them nor connect them
+        onward; what their clients send is read and dropped. Later ones are proxied."""
+        self._call(self._set_swallow, count)
 
     def reset_all(self) -> None:
         """Abort every proxied connection (the peers see a reset)."""
@@ -115,6 +136,9 @@ class TcpProxy:
         else:
             self._healed.clear()
 
+    def _set_swallow(self, count: int) -> None:
+        self._swallow = count
+
     def _reset_all(self) -> None:
         for link in list(self._links):
             for writer in link.writers:
@@ -140,6 +164,10 @@ class TcpProxy:
         self.connections += 1
         link = _Link([client_writer])
         self._links.add(link)
+        if self._swallow > 0:
+            self._swallow -= 1
+            await self._hold(client_reader, link)
+            return
         try:
             await self._healed.wait()
             server_reader, server_writer = await asyncio.open_connection(*self.target)
@@ -153,6 +181,19 @@ class TcpProxy:
             self._pipe(server_reader, client_writer),
             return_exceptions=True,
         )
+        for writer in link.writers:
+            writer.transport.abort()
+        self._links.discard(link)
+
+    async def _hold(self, client_reader: asyncio.StreamReader, link: _Link) -> None:
+        # A swallowed connection: read until the client closes it (or the proxy stops,
+        # which aborts it), answering nothing.
+        record = Swallowed(time.monotonic())
+        self.swallowed.append(record)
+        with contextlib.suppress(OSError):
+            while await client_reader.read(_CHUNK):
+                pass
+        record.closed = time.monotonic()
         for writer in link.writers:
             writer.transport.abort()
         self._links.discard(link)

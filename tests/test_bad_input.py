@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from django_dbpool.pool import PoolUnavailable
 from django_dbpool.pool.errors import ConnectFailed
 from tests.conftest import wsgi_request
 from tests.dbservers import free_port
+from tests.tcpproxy import tcp_proxy
 
 ALIAS = "small"
 WRONG_PASSWORD = "Wrong-Pa55word-9f3a1c"
@@ -184,6 +186,28 @@ def test_plain_env_db_leaves_these_errors_to_django_environ_and_django() -> None
             "OPTIONS['pool_timeout'] (3). Keep one of them.",
             id="set-twice",
         ),
+        pytest.param(
+            {"OPTIONS": {"pool_network_timeout": "0.5"}},
+            "DATABASES['small']: POOL option NETWORK_TIMEOUT=0.5 is invalid; expected 0 (off) "
+            "or a number of seconds from 1 to 86400. It was set by "
+            "OPTIONS['pool_network_timeout'], the pool_network_timeout parameter of the "
+            "database URL.",
+            id="network-timeout-out-of-range",
+        ),
+        pytest.param(
+            {"POOL": {"CONNECT_TIMEOUT": 2.5}},
+            "DATABASES['small']: POOL option CONNECT_TIMEOUT=2.5 is invalid; expected a whole "
+            "number of seconds >= 0 (0 leaves the driver's own default, which for mysqlclient "
+            "is no timeout).",
+            id="connect-timeout-not-whole",
+        ),
+        pytest.param(
+            {"POOL": {"CONNECT_TIMEOUT": 5}, "OPTIONS": {"connect_timeout": 20}},
+            "DATABASES['small'] sets the connect timeout twice: as the pool option "
+            "CONNECT_TIMEOUT (5) and as the driver's OPTIONS['connect_timeout'] (20). Keep one "
+            "of them.",
+            id="connect-timeout-set-twice",
+        ),
     ],
 )
 def test_bad_pool_option_fails_the_first_connection(
@@ -224,6 +248,33 @@ def test_unreachable_host(
         error = connect_error(wrapper, caplog, f"127.0.0.1:{port}", cause, UNREACHABLE_HINT)
     if wrapper.vendor == "mysql":
         assert "(error 2002)" in str(error)
+
+
+@connection_rows
+def test_server_that_accepts_and_never_answers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A hung server, a load balancer in front of a dead one, a PgBouncer waiting on its
+    # auth_query: the TCP connect succeeds and nothing more happens. Each attempt is given
+    # up after CONNECT_TIMEOUT (libpq waits 2 s at least), as a connect error.
+    with tcp_proxy("127.0.0.1", free_port()) as proxy:
+        proxy.swallow(1000)  # every attempt of this test
+        pool = {"MAX_SIZE": 2, "TIMEOUT": 60, "CONNECT_TIMEOUT": 1, "BACKOFF_MAX": 0.1}
+        with misconfigured(monkeypatch, PORT=str(proxy.port), POOL=pool) as wrapper:
+            cause = (
+                "connection timeout expired"
+                if wrapper.vendor == "postgresql"
+                else "reading initial communication packet', system error: 110 (error 2013)"
+            )
+            connect_error(wrapper, caplog, f"127.0.0.1:{proxy.port}", cause, UNREACHABLE_HINT)
+        # The client closed each connection it gave up on (the proxy saw it), bounded by
+        # the timeout: no attempt is left hanging.
+        deadline = time.monotonic() + 30
+        while any(attempt.closed is None for attempt in proxy.swallowed):
+            assert time.monotonic() < deadline, "an abandoned connect was never closed"
+            time.sleep(0.05)
+        assert proxy.swallowed
+        assert all(a.closed is not None and a.closed - a.accepted < 20 for a in proxy.swallowed)
 
 
 @connection_rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import environ
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -10,7 +12,12 @@ from django.db.utils import ConnectionHandler
 
 import django_dbpool  # noqa: F401 - registers the URL schemes
 from django_dbpool.backends.mysql.base import DatabaseClient
-from django_dbpool.options import alias_options, driver_options, mysql_tls_options
+from django_dbpool.options import (
+    TcpTimeouts,
+    alias_options,
+    driver_options,
+    mysql_tls_options,
+)
 from django_dbpool.pool import PoolConfigError, PoolOptions
 
 
@@ -87,9 +94,9 @@ def test_bad_options_name_the_alias_the_key_and_what_is_accepted(
 
 
 KNOWN = (
-    "Known options: BACKOFF_MAX, DRAIN_TIMEOUT, FAIL_FAST_AFTER, KEEPALIVE, LEAK_TIMEOUT, "
-    "MAX_IDLE, MAX_LIFETIME, MAX_SIZE, MAX_WAITING, MIN_SIZE, PGBOUNCER, RESET, TIMEOUT, "
-    "VALIDATE_AFTER."
+    "Known options: BACKOFF_MAX, CONNECT_TIMEOUT, DRAIN_TIMEOUT, FAIL_FAST_AFTER, KEEPALIVE, "
+    "LEAK_TIMEOUT, MAX_IDLE, MAX_LIFETIME, MAX_SIZE, MAX_WAITING, MIN_SIZE, NETWORK_TIMEOUT, "
+    "PGBOUNCER, RESET, TIMEOUT, VALIDATE_AFTER."
 )
 URL_SPELLING = (
     "URL parameters are the option names in lower case with the pool_ prefix, as in pool_max_size."
@@ -261,3 +268,172 @@ def test_dbshell_gets_the_tls_files_of_flat_keys() -> None:
     args, _ = DatabaseClient.settings_to_cmd_args_env(settings_dict, [])
     assert "--ssl-ca=/ca.pem" in args
     assert "--ssl-cert=/c.pem" in args
+
+
+# -- CONNECT_TIMEOUT and NETWORK_TIMEOUT: driver settings the backends apply -----------------
+
+
+def test_timeouts_have_defaults_and_come_from_pool_or_the_url() -> None:
+    defaults = alias_options("db", {})
+    assert (defaults.connect_timeout, defaults.network_timeout) == (10, 30.0)
+    options = alias_options(
+        "db", {"POOL": {"CONNECT_TIMEOUT": 3}, "OPTIONS": {"pool_network_timeout": "2.5"}}
+    )
+    assert (options.connect_timeout, options.network_timeout) == (3, 2.5)
+    assert alias_options("db", {"OPTIONS": {"pool_connect_timeout": "4"}}).connect_timeout == 4
+    off = alias_options("db", {"POOL": {"CONNECT_TIMEOUT": 0, "NETWORK_TIMEOUT": 0}})
+    assert (off.connect_timeout, off.tcp_timeouts) == (0, None)
+
+
+def test_the_pool_core_does_not_take_the_driver_timeouts() -> None:
+    for name in ("CONNECT_TIMEOUT", "NETWORK_TIMEOUT"):
+        with pytest.raises(PoolConfigError, match=f"Unknown POOL option '{name}'"):
+            PoolOptions.from_mapping({name: 5})
+
+
+CONNECT_ACCEPTED = (
+    "a whole number of seconds >= 0 (0 leaves the driver's own default, which for "
+    "mysqlclient is no timeout)."
+)
+NETWORK_ACCEPTED = "0 (off) or a number of seconds from 1 to 86400."
+
+
+@pytest.mark.parametrize(
+    ("settings_dict", "message"),
+    [
+        *(
+            (
+                {"POOL": {"CONNECT_TIMEOUT": value}},
+                f"DATABASES['db']: POOL option CONNECT_TIMEOUT={value!r} is invalid; expected "
+                + CONNECT_ACCEPTED,
+            )
+            for value in (2.5, -1, True, "5", None)
+        ),
+        *(
+            (
+                {"POOL": {"NETWORK_TIMEOUT": value}},
+                f"DATABASES['db']: POOL option NETWORK_TIMEOUT={value!r} is invalid; expected "
+                + NETWORK_ACCEPTED,
+            )
+            for value in (0.5, -1, 86401, float("inf"), float("nan"), False, "30")
+        ),
+        (
+            {"OPTIONS": {"pool_network_timeout": "0.5"}},
+            "DATABASES['db']: POOL option NETWORK_TIMEOUT=0.5 is invalid; expected "
+            f"{NETWORK_ACCEPTED} It was set by OPTIONS['pool_network_timeout'], the "
+            "pool_network_timeout parameter of the database URL.",
+        ),
+        (
+            {"OPTIONS": {"pool_connect_timeout": "2.5"}},
+            "DATABASES['db']: OPTIONS['pool_connect_timeout']='2.5' is not an integer (it sets "
+            "the pool option CONNECT_TIMEOUT). Write a number, as in ?pool_connect_timeout=2 "
+            "in the database URL.",
+        ),
+        (
+            {"OPTIONS": {"pool_network_timeout": "soon"}},
+            "DATABASES['db']: OPTIONS['pool_network_timeout']='soon' is not a number of seconds "
+            "(it sets the pool option NETWORK_TIMEOUT). Write a number, as in "
+            "?pool_network_timeout=2 in the database URL.",
+        ),
+        (
+            {"POOL": {"NETWORK_TIMEOUT": 5}, "OPTIONS": {"pool_network_timeout": "3"}},
+            "DATABASES['db'] sets the pool option NETWORK_TIMEOUT twice: in POOL (5) and as "
+            "OPTIONS['pool_network_timeout'] ('3'). Keep one of them.",
+        ),
+        (
+            {"POOL": {"CONNECT_TIMEOUT": 5}, "OPTIONS": {"connect_timeout": 20}},
+            "DATABASES['db'] sets the connect timeout twice: as the pool option CONNECT_TIMEOUT "
+            "(5) and as the driver's OPTIONS['connect_timeout'] (20). Keep one of them.",
+        ),
+    ],
+)
+def test_bad_timeouts_name_the_alias_the_option_and_what_is_accepted(
+    settings_dict: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ImproperlyConfigured) as info:
+        alias_options("db", settings_dict)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("seconds", [1, 2, 2.5, 3, 7.5, 10, 30, 59.9, 600, 86400])
+def test_keepalive_notices_a_silent_server_within_about_the_network_timeout(
+    seconds: float,
+) -> None:
+    tcp = TcpTimeouts.for_network_timeout(seconds)
+    assert tcp.user_timeout_ms == round(seconds * 1000)
+    # Linux with TCP_USER_TIMEOUT ends the connection at the first probe time past the
+    # timeout with a probe unanswered: the first probe goes out no later than the timeout,
+    # and the next ones come at a small part of it.
+    assert 1 <= tcp.keepalive_idle <= max(seconds / 2, 1)
+    assert 1 <= tcp.keepalive_interval <= max(seconds / 4, 1)
+    # A kernel that counts probes instead gives up at about the same time.
+    total = tcp.keepalive_idle + tcp.keepalive_count * tcp.keepalive_interval
+    assert abs(total - seconds) <= tcp.keepalive_interval
+    # Linux's limits (TCP_KEEPIDLE and TCP_KEEPINTVL up to 32767 s, TCP_KEEPCNT up to 127).
+    assert max(tcp.keepalive_idle, tcp.keepalive_interval) <= 32767
+    assert tcp.keepalive_count <= 127
+
+
+PG_ALIAS = {
+    "ENGINE": "django_dbpool.backends.postgresql",
+    "NAME": "app",
+    "USER": "app",
+    "PASSWORD": "pw",
+    "HOST": "db.internal",
+    "PORT": 5432,
+}
+MYSQL_ALIAS = {**PG_ALIAS, "ENGINE": "django_dbpool.backends.mysql", "PORT": 3306}
+TCP_PARAMS = (
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+)
+
+
+def physical_connect_params(settings_dict: dict[str, object]) -> dict[str, object]:
+    """What the alias's pool passes the driver for each new connection (nothing connects)."""
+    wrapper: Any = ConnectionHandler({"default": settings_dict})["default"]
+    return dict(wrapper._dbpool_private_wrapper().get_connection_params())
+
+
+def test_postgresql_connections_get_the_timeouts_as_libpq_parameters() -> None:
+    params = physical_connect_params(dict(PG_ALIAS))
+    assert {key: params[key] for key in ("connect_timeout", *TCP_PARAMS)} == {
+        "connect_timeout": 10,
+        "tcp_user_timeout": 30_000,
+        "keepalives": 1,
+        "keepalives_idle": 15,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+    params = physical_connect_params({**PG_ALIAS, "POOL": {"NETWORK_TIMEOUT": 2}})
+    assert (params["tcp_user_timeout"], params["keepalives_idle"]) == (2000, 1)
+    # What OPTIONS sets is the driver's own and stays; the rest still apply.
+    options = {"connect_timeout": 4, "keepalives_idle": 60, "tcp_user_timeout": 0}
+    params = physical_connect_params({**PG_ALIAS, "OPTIONS": options})
+    assert {key: params[key] for key in ("connect_timeout", *TCP_PARAMS)} == {
+        **options,
+        "keepalives": 1,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+    # 0 turns each off: libpq's own defaults apply.
+    params = physical_connect_params(
+        {**PG_ALIAS, "POOL": {"CONNECT_TIMEOUT": 0, "NETWORK_TIMEOUT": 0}}
+    )
+    assert not {"connect_timeout", *TCP_PARAMS} & set(params)
+
+
+def test_mysql_connections_get_a_connect_timeout_and_never_a_read_timeout() -> None:
+    params = physical_connect_params(dict(MYSQL_ALIAS))
+    assert params["connect_timeout"] == 10
+    # NETWORK_TIMEOUT goes on the socket (tests/backends/test_network_timeouts.py): the
+    # driver's read and write timeouts would cut a long statement on a healthy link.
+    params = physical_connect_params({**MYSQL_ALIAS, "POOL": {"NETWORK_TIMEOUT": 2}})
+    assert not {"read_timeout", "write_timeout"} & set(params)
+    params = physical_connect_params({**MYSQL_ALIAS, "OPTIONS": {"connect_timeout": 4}})
+    assert params["connect_timeout"] == 4
+    params = physical_connect_params({**MYSQL_ALIAS, "POOL": {"CONNECT_TIMEOUT": 0}})
+    assert "connect_timeout" not in params

@@ -34,7 +34,7 @@ from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 
 from .. import metrics, snapshots, tagging
-from ..options import alias_options, driver_options
+from ..options import AliasOptions, alias_options, driver_options
 from ..pool import ConnectionAdapter, Pool, _fork
 from ..pool.errors import ConnectFailed
 from .cursors import TaggingCursorMixin, tagging_cursor_class
@@ -499,6 +499,13 @@ class PooledWrapperMixin(_Base):
         # Used from the pool's connector thread (one at a time), created in this one.
         opener.inc_thread_sharing()
         return opener
+
+    @cached_property
+    def dbpool_private_options(self) -> AliasOptions:
+        """The alias's validated ``POOL`` options, for the private wrapper's connects (the
+        backends' driver settings: ``CONNECT_TIMEOUT``, ``NETWORK_TIMEOUT``). Computed once:
+        the private wrapper belongs to one pool, whose settings do not change."""
+        return alias_options(self.alias, self.settings_dict)
 
     def _dbpool_open(self) -> Any:
         # Called by the pool's connector thread: stock connect, then the session setup

@@ -4,7 +4,9 @@ pooled."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -14,7 +16,7 @@ from django.db.backends.mysql import client as stock_client
 from django.utils.functional import cached_property
 
 from ... import metrics
-from ...options import mysql_tls_options
+from ...options import TcpTimeouts, mysql_tls_options
 from ..base import (
     AUTH_HINT,
     CONNECT_HINT,
@@ -40,6 +42,9 @@ _CONNECT_HINTS = {
     2002: UNREACHABLE_HINT,  # no server at the socket or port
     2003: UNREACHABLE_HINT,
     2005: UNREACHABLE_HINT,  # unknown host
+    # Lost at the handshake: the server accepted the connection, then said nothing within
+    # CONNECT_TIMEOUT (a hung server or proxy) or closed it.
+    2013: UNREACHABLE_HINT,
     2026: "TLS failed: check OPTIONS['ssl_mode'] and OPTIONS['ssl'] ({'ca': the CA "
     "certificate that signed the server's certificate}; ssl_ca= in a database URL), and that "
     "the server has TLS on.",
@@ -108,6 +113,34 @@ def _run(connection: Any, sql: str) -> None:
             pass
     finally:
         cursor.close()
+
+
+def _tcp_socket_options(timeouts: TcpTimeouts) -> list[tuple[int, int, int]]:
+    # (level, option, value) for setsockopt(); an option this system lacks is left out.
+    tcp = socket.IPPROTO_TCP
+    wanted = [
+        (socket.SOL_SOCKET, "SO_KEEPALIVE", 1),
+        (tcp, "TCP_USER_TIMEOUT", timeouts.user_timeout_ms),
+        (tcp, "TCP_KEEPIDLE", timeouts.keepalive_idle),
+        (tcp, "TCP_KEEPINTVL", timeouts.keepalive_interval),
+        (tcp, "TCP_KEEPCNT", timeouts.keepalive_count),
+    ]
+    return [
+        (level, option, value)
+        for level, name, value in wanted
+        if (option := getattr(socket, name, None)) is not None
+    ]
+
+
+def set_network_timeouts(connection: Any, timeouts: TcpTimeouts) -> None:
+    """Give a mysqlclient connection's TCP socket ``timeouts`` (a connection over a Unix
+    socket is left as it is). mysqlclient has no such settings: they are set through a
+    duplicate of its descriptor, which shares the socket, then closed."""
+    with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        for level, option, value in _tcp_socket_options(timeouts):
+            sock.setsockopt(level, option, value)
 
 
 class MySQLTaggingCursorMixin(TaggingCursorMixin):
@@ -245,7 +278,20 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
         # ssl dict mysqlclient takes.
         return mysql_tls_options(self.alias, super()._dbpool_connection_params())
 
+    def get_connection_params(self) -> dict[str, Any]:
+        params = super().get_connection_params()
+        # CONNECT_TIMEOUT, on the connections the pool opens (the private wrapper's), unless
+        # OPTIONS sets the driver's own. Never read_timeout or write_timeout: those would cut
+        # a long statement on a healthy link (NETWORK_TIMEOUT is set on the socket instead).
+        if self.dbpool_private and self.dbpool_private_options.connect_timeout:
+            params.setdefault("connect_timeout", self.dbpool_private_options.connect_timeout)
+        return params
+
     def configure_new_connection(self, connection: Any) -> None:
+        # NETWORK_TIMEOUT first: the setup below is already a round trip.
+        tcp = self.dbpool_private_options.tcp_timeouts
+        if tcp is not None:
+            set_network_timeouts(connection, tcp)
         # What Django's stock init_connection_state runs at every connect, in one round trip.
         _run(connection, "; ".join(self._dbpool_django_setup()))
         connection.autocommit(True)

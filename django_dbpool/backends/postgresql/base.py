@@ -142,6 +142,18 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
         # Physical connections (opened by the private wrapper) carry the process tag,
         # rendered at each connect so that a forked child's connections name the child.
         params.setdefault("application_name", tagging.application_name(self.alias))
+        # CONNECT_TIMEOUT and NETWORK_TIMEOUT, as libpq's own parameters: each where OPTIONS
+        # does not set it. libpq ignores the TCP ones on a Unix socket.
+        options = self.dbpool_private_options
+        if options.connect_timeout:
+            params.setdefault("connect_timeout", options.connect_timeout)
+        tcp = options.tcp_timeouts
+        if tcp is not None:
+            params.setdefault("tcp_user_timeout", tcp.user_timeout_ms)
+            params.setdefault("keepalives", 1)
+            params.setdefault("keepalives_idle", tcp.keepalive_idle)
+            params.setdefault("keepalives_interval", tcp.keepalive_interval)
+            params.setdefault("keepalives_count", tcp.keepalive_count)
         if metrics.query_metrics_enabled():
             # django-prometheus's own instrumented cursors, as its backend does.
             from django_prometheus.db.common import ExportingCursorWrapper
