@@ -97,17 +97,20 @@ class Maintenance(PoolState[C]):
         # woken). One connect at a time, as long as connects are quick: a returned
         # connection goes to a waiter before a new one opens, so a burst does not end with a
         # pile of new connections. Another starts, up to MAX_CONNECTS_IN_FLIGHT, only while
-        # callers wait and every connect in flight has taken HEDGE_AFTER_SECONDS. While
-        # connects fail, one at a time.
+        # callers wait (or, failing fast, a caller asked for a probe) and every connect in
+        # flight has taken HEDGE_AFTER_SECONDS. While connects fail, each waits out the
+        # backoff first (see _connector_loop).
         if not self._opening:
             return 0.0 if self._needs_connection() else math.inf
         if (
             self._closed
-            or self._failures
-            or not self._waiters
             or self._opening >= MAX_CONNECTS_IN_FLIGHT
             or self._size + self._opening >= self.options.max_size
         ):
+            return math.inf
+        if self._probe_requested:
+            return 0.0  # asked for only once the connects in flight are HEDGE_AFTER_SECONDS old
+        if not self._waiters:
             return math.inf
         return max(HEDGE_AFTER_SECONDS - (time.monotonic() - self._connect_starts[-1]), 0.0)
 
@@ -205,13 +208,16 @@ class Maintenance(PoolState[C]):
     def _request_probe_locked(self) -> None:
         # The half-open circuit: while failing fast, a caller (who still gets
         # PoolUnavailable at once) has the connector try now, instead of after its backoff,
-        # when no connect is in flight and none started within HALF_OPEN_SECONDS. So a busy
-        # process notices the database's return within about that, with at most a few
-        # attempts per second while it is down.
+        # when no attempt started within HALF_OPEN_SECONDS and none in flight is younger
+        # than HEDGE_AFTER_SECONDS (one that hangs, through a proxy or load balancer that
+        # accepts and never answers, does not hold the probes up). So a busy process notices
+        # the database's return within about that, with at most a few attempts per second
+        # while it is down.
+        now = time.monotonic()
         if (
             not self._probe_requested
-            and not self._opening
-            and time.monotonic() - self._last_attempt >= HALF_OPEN_SECONDS
+            and now - self._last_attempt >= HALF_OPEN_SECONDS
+            and (not self._opening or now - self._connect_starts[-1] >= HEDGE_AFTER_SECONDS)
         ):
             self._probe_requested = True
             self._connector_wake.notify()

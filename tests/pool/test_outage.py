@@ -162,3 +162,23 @@ def test_callers_while_failing_fast_try_at_most_every_half_open_interval(monkeyp
         # Hundreds of failing callers, and no more attempts than one per interval.
         assert calls > 3 * 10
         assert elapsed >= 2 * _maintenance.HALF_OPEN_SECONDS
+
+
+def test_a_probe_that_hangs_does_not_hold_up_the_next_one(monkeypatch):
+    # Back up behind a proxy or load balancer that accepts the first connect and never
+    # answers: the next probe goes beside the hung one.
+    pool, driver = _failing_fast_with_a_long_backoff(monkeypatch)
+    with closing(pool):
+        driver.hang_next = 1
+        driver.down = False
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = pool.acquire()
+                break
+            except PoolUnavailable:
+                assert time.monotonic() < deadline, "held up behind the hung probe"
+                time.sleep(0.01)
+        pool.release(conn)
+        assert pool.stats().opening == 1  # the hung one, still in flight
+        driver.hung_gate.set()
