@@ -53,6 +53,7 @@ __all__ = [
     "POSTGRES_LOST_SQLSTATES",
     "Attempt",
     "connection_lost",
+    "lost_connection_alias",
     "retry_on_disconnect",
     "retrying",
 ]
@@ -92,16 +93,58 @@ def connection_lost(error: BaseException, connection: Any = None) -> bool:
     The pool's own errors (``PoolTimeout`` and the like) are not: no connection was handed
     out. Pure; reads only the error and ``connection``'s local state.
     """
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(error):
         if isinstance(current, PoolError):
             return False
         if _psycopg_lost(current, connection) or _mysql_lost(current):
             return True
-        current = current.__cause__
     return False
+
+
+def lost_connection_alias(error: BaseException) -> str | None:
+    """The alias whose connection ``error`` says was lost (:func:`connection_lost`), among
+    the database connections this thread has used; None for any other error.
+
+    The pooled backends note the alias on the driver's error as the statement fails, while
+    its connection is at hand: that answer is exact, even inside an ``atomic`` block (whose
+    end gives the dead connection back and borrows another before the error reaches the
+    caller). For other backends, each alias is asked with the connection it holds now: a
+    psycopg error without SQLSTATE counts only if it left that connection closed or broken;
+    where several aliases of the same driver could have raised ``error``, the one still
+    holding a connection that has seen an error is named, failing that the first in
+    ``DATABASES``. Reads local state only: no I/O, never connects.
+    """
+    chain = _chain(error)
+    for current in chain:
+        # Noted by the pooled backends' error wrapper when the statement failed, while the
+        # connection was at hand: exact, wherever the error was raised.
+        noted = getattr(current, "dbpool_lost_alias", None)
+        if isinstance(noted, str):
+            return noted
+    first: str | None = None
+    for wrapper in connections.all(initialized_only=True):
+        driver_error = getattr(getattr(wrapper, "Database", None), "Error", BaseException)
+        if not any(isinstance(current, driver_error) for current in chain):
+            continue  # another driver's error: not this alias's
+        if connection_lost(error, wrapper.connection):
+            # Django sets errors_occurred on the wrapper an error went through, and clears
+            # it only when it connects again or finds the connection usable.
+            if wrapper.errors_occurred and wrapper.connection is not None:
+                return wrapper.alias
+            first = first or wrapper.alias
+    return first
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    # ``error`` and its causes, each once: a cycle of causes ends the walk.
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__
+    return chain
 
 
 def _psycopg_lost(error: BaseException, connection: Any) -> bool:

@@ -144,8 +144,12 @@ class TcpProxy:
             for writer in link.writers:
                 sock = writer.get_extra_info("socket")
                 if sock is not None:
-                    # SO_LINGER 0: close() sends a reset instead of a FIN.
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    # SO_LINGER 0: close() sends a reset instead of a FIN. A socket already
+                    # reset by its peer may refuse the option.
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
                 writer.transport.abort()
         self._links.clear()
 
@@ -176,11 +180,16 @@ class TcpProxy:
             self._links.discard(link)
             return
         link.writers.append(server_writer)
-        await asyncio.gather(
-            self._pipe(client_reader, server_writer),
-            self._pipe(server_reader, client_writer),
-            return_exceptions=True,
-        )
+        pipes = [
+            asyncio.ensure_future(self._pipe(client_reader, server_writer)),
+            asyncio.ensure_future(self._pipe(server_reader, client_writer)),
+        ]
+        # One direction may end at end of file while the other goes on (a half-close); a
+        # reset on either side ends both, or the other would wait for its peer forever.
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_EXCEPTION)
+        for pipe in pipes:
+            pipe.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
         for writer in link.writers:
             writer.transport.abort()
         self._links.discard(link)

@@ -17,7 +17,12 @@ import pytest
 from django.db import IntegrityError, OperationalError, ProgrammingError, connection, transaction
 
 from django_dbpool.pool import PoolTimeout
-from django_dbpool.retry import connection_lost, retry_on_disconnect, retrying
+from django_dbpool.retry import (
+    connection_lost,
+    lost_connection_alias,
+    retry_on_disconnect,
+    retrying,
+)
 from example_project.bank.models import Account
 from tests import views
 from tests.backends.test_pooling import raw_connection, server_sessions, session_id
@@ -29,9 +34,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def give_back_the_connection() -> Iterator[None]:
     yield
-    # A test may leave a dead connection on this thread's wrapper: the flush after the
-    # test must get a fresh one.
-    connection.close()
+    # A test may leave a dead connection on this thread's wrappers ("small" too): the
+    # flush after the test must get a fresh one, and the next test must not find it.
+    from django.db import connections
+
+    for wrapper in connections.all(initialized_only=True):
+        wrapper.close()
 
 
 def kill(session: int) -> None:
@@ -124,6 +132,33 @@ def test_a_pool_timeout_is_not_a_lost_connection() -> None:
     with holding_every_connection("small"), pytest.raises(PoolTimeout) as timeout:
         connections["small"].ensure_connection()
     assert not connection_lost(timeout.value)
+    assert lost_connection_alias(timeout.value) is None
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "small"])
+@pytest.mark.parametrize("how", ["kill", "cut"])
+def test_the_alias_of_a_lost_connection(how: str) -> None:
+    from django.db import connections
+
+    session_id("default")
+    session_id("small")
+    if how == "kill":
+        kill(session_id("small"))
+    else:
+        cut(connections["small"].connection)
+    with pytest.raises(OperationalError) as excinfo:
+        session_id("small")
+    # Both aliases use the same driver and database: the one named is the one whose
+    # connection the error came from, not the first one that could have raised it.
+    assert lost_connection_alias(excinfo.value) == "small"
+    assert lost_connection_alias(excinfo.value.__cause__) == "small"  # type: ignore[arg-type]
+
+
+def test_other_errors_have_no_alias_of_a_lost_connection() -> None:
+    with pytest.raises(ProgrammingError) as syntax, connection.cursor() as cursor:
+        cursor.execute("SELECT FROM WHERE")
+    assert lost_connection_alias(syntax.value) is None
+    assert lost_connection_alias(ValueError("connection lost")) is None
 
 
 # -- the killed-session scenario, through Django's request cycle -------------------------------
@@ -162,10 +197,11 @@ def test_unwrapped_view_fails_when_its_session_is_killed(caplog: pytest.LogCaptu
     Account.objects.create(name="Ada", balance=1)
     with caplog.at_level(logging.WARNING):
         status, _, _ = get_while_its_session_is_killed("/probe/accounts/")
-    assert status == 500
-    failures = [r for r in caplog.records if r.name == "django.request" and r.exc_info]
-    assert len(failures) == 1
-    assert issubclass(failures[0].exc_info[0], OperationalError)  # type: ignore[index,arg-type]
+    # Not retried: the error reaches PoolUnavailableMiddleware, which answers a lost
+    # connection with a 503 (see tests/test_middleware.py).
+    assert status == 503
+    lost = [r for r in caplog.records if r.name == "django_dbpool" and "was lost" in r.msg]
+    assert len(lost) == 1
     assert not [r for r in caplog.records if r.name == "django_dbpool.retry"]
 
 

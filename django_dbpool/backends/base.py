@@ -155,6 +155,11 @@ class _PoolErrorWrapper(DatabaseErrorWrapper):
             return
         if self.wrapper.connection_is_dead_error(exc_value):
             self.wrapper.dbpool_broken = True
+            # Noted on the driver's error (Django's keeps it as __cause__) while the
+            # connection is at hand: the end of an atomic() block gives the connection back
+            # before the error reaches PoolUnavailableMiddleware (retry.lost_connection_alias).
+            with contextlib.suppress(AttributeError):  # an exception type with __slots__
+                exc_value.dbpool_lost_alias = self.wrapper.alias
         super().__exit__(exc_type, exc_value, traceback)
 
 

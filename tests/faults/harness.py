@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -19,7 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -28,6 +31,7 @@ from django.conf import settings
 
 from tests.dbservers import private_server
 from tests.faults import report
+from tests.faults.load import NUMBER_HEADER, Result
 from tests.processes import MANAGE, gunicorn, project_env
 
 #: ``make test-faults`` sets DBPOOL_FAULTS=full: longer load and repeated faults.
@@ -40,12 +44,27 @@ GRACE = 10.0
 
 _SCHEMES = {"postgresql": "pgpool", "mysql": "mysqlpool"}
 
+# gunicorn's access log line, with serving(record_workers=True): the worker's pid, the load's
+# request number (tests.faults.load.NUMBER_HEADER; "-" for other clients) and the status.
+_ACCESS_LOG_FORMAT = f"%(p)s %({{{NUMBER_HEADER.lower()}}}i)s %(s)s"
+_ACCESS_LINE = re.compile(r"^<(?P<pid>\d+)> (?P<number>\d+) \d+$", re.MULTILINE)
+
 
 def record(row: report.Row) -> None:
     """Write the scenario's report row, in the full run only: the short runs of `make test`
     must not replace the rows the README's table is rendered from."""
     if FULL:
         report.record(row)
+
+
+@dataclass
+class StandIn:
+    """What :meth:`Database.stand_in` saw: connects made to the stopped server's port."""
+
+    #: ``time.monotonic()`` when it began listening, and when it stopped (None: still does).
+    since: float
+    until: float | None = None
+    connects: int = 0
 
 
 class Database:
@@ -143,6 +162,12 @@ class Database:
             while set(ids) & set(self.session_ids(conn)):
                 assert time.monotonic() < deadline, "killed sessions still listed after 30 s"
                 time.sleep(0.01)
+            # A PostgreSQL backend leaves pg_stat_activity before it closes its socket (its
+            # shared-memory exit hooks run first): until its process is gone, the app's
+            # connection to it may still look open. Its id is the process's pid.
+            while self.vendor == "postgresql" and any(_running(pid) for pid in ids):
+                assert time.monotonic() < deadline, "killed backends still running after 30 s"
+                time.sleep(0.01)
         return len(ids)
 
     def stop(self) -> None:
@@ -152,6 +177,80 @@ class Database:
         """Start the stopped server again (same data and port); returns once it accepts
         connections."""
         self.server.restart()
+
+    @contextmanager
+    def stand_in(self) -> Iterator[StandIn]:
+        """While the server is stopped, listen on its port in its place and count the
+        connects that reach it: each is reset at once, as the closed port would have
+        refused it, so the app sees the database down either way. The port is free again
+        on exit, for :meth:`start`."""
+        listener = socket.socket()
+        # The stopped server's sessions may have left the port's connections in TIME_WAIT.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.server.port))
+        listener.listen(128)
+        listener.settimeout(0.05)  # to notice the end of the block
+        seen = StandIn(time.monotonic())
+        done = threading.Event()
+
+        def serve() -> None:
+            while not done.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                seen.connects += 1
+                # SO_LINGER 0: close() sends a reset, as a closed port answers a connect.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+
+        thread = threading.Thread(target=serve, daemon=True, name="stand-in")
+        thread.start()
+        try:
+            yield seen
+        finally:
+            done.set()
+            thread.join(30)
+            listener.close()
+            seen.until = time.monotonic()
+
+    def start_timed(self) -> float:
+        """:meth:`start`, returning the moment (``time.monotonic()``) the server accepted
+        connections again: when the first of the connects a thread of the test's own tries
+        every 10 ms while it starts began. The launcher notices later (it checks every
+        0.1 s)."""
+        accepted: list[float] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                attempt = time.monotonic()
+                try:
+                    with self.connect():
+                        accepted.append(attempt)
+                        return
+                except Exception:  # refused, or still starting: try again
+                    time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch, daemon=True, name="start-watcher")
+        watcher.start()
+        try:
+            self.start()
+            # It accepts connections now: the watcher's next connect gets through.
+            watcher.join(30)
+        finally:
+            done.set()
+        assert accepted, "the server accepted no connection of the test's own after starting"
+        return accepted[0]
+
+
+def _running(pid: int) -> bool:
+    # Whether process ``pid`` exists and has not exited (a zombie has closed its files).
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @contextmanager
@@ -195,6 +294,25 @@ class App:
     master: subprocess.Popen[bytes]
     base: str
     stats_dir: Path
+    #: gunicorn's access log, with ``serving(record_workers=True)``.
+    access_log: Path | None = None
+
+    def with_workers(self, results: list[Result], limit: float = 10) -> list[Result]:
+        """``results`` with ``worker`` set on each answered request: the pid of the worker
+        that answered it, from the access log (``serving(record_workers=True)``). A worker
+        writes its line just after the response: waits up to ``limit`` seconds for the
+        line of every answered request."""
+        assert self.access_log is not None, "serving(record_workers=True) keeps the access log"
+        deadline = time.monotonic() + limit
+        while True:
+            text = self.access_log.read_text() if self.access_log.exists() else ""
+            workers = {int(m["number"]): int(m["pid"]) for m in _ACCESS_LINE.finditer(text)}
+            missing = [r for r in results if r.status is not None and r.number not in workers]
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        assert not missing, f"{len(missing)} answered requests not in the access log: {missing[0]}"
+        return [replace(r, worker=workers.get(r.number)) for r in results]
 
     def worker_pids(self) -> set[int]:
         children = Path(f"/proc/{self.master.pid}/task/{self.master.pid}/children")
@@ -231,14 +349,29 @@ class App:
 
 
 @contextmanager
-def serving(database_url: str, threads: int | None = None, **env: str) -> Iterator[App]:
+def serving(
+    database_url: str, threads: int | None = None, *, record_workers: bool = False, **env: str
+) -> Iterator[App]:
     """The example project under gunicorn on ``database_url``, publishing its pool stats
-    to a directory of its own; ``threads`` per worker (default: the project's 4)."""
-    with tempfile.TemporaryDirectory(prefix="dbpool-faults-stats-") as stats:
+    to a directory of its own; ``threads`` per worker (default: the project's 4). With
+    ``record_workers``, gunicorn's access log records which worker answered each request
+    (see :meth:`App.with_workers`)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="dbpool-faults-stats-") as stats,
+        tempfile.TemporaryDirectory(prefix="dbpool-faults-log-") as logs,
+    ):
+        arguments = []
         if threads is not None:
-            env["GUNICORN_CMD_ARGS"] = f"--threads {threads}"
+            arguments.append(f"--threads {threads}")
+        access_log = Path(logs) / "access.log" if record_workers else None
+        if access_log is not None:
+            arguments.append(
+                f"--access-logfile {access_log} --access-logformat '{_ACCESS_LOG_FORMAT}'"
+            )
+        if arguments:
+            env["GUNICORN_CMD_ARGS"] = " ".join(arguments)
         with gunicorn(database_url, DBPOOL_STATS_DIR=stats, **env) as (master, base):
-            yield App(master, base, Path(stats))
+            yield App(master, base, Path(stats), access_log)
 
 
 class SessionSampler:

@@ -4,7 +4,9 @@ Client threads send requests with ``http.client`` (one TCP connection per reques
 independent browsers would) until ``requests`` per client are sent, ``duration`` seconds
 have passed, or :meth:`Load.stop_starting` is called, whichever comes first; every request
 begun is waited for (up to the client ``timeout``, a hang guard). Each request is recorded
-with its start and end (``time.monotonic()``), status or exception and ``Retry-After``.
+with its start and end (``time.monotonic()``), status or exception and ``Retry-After``; each
+carries its number in a header, so that the server's access log can say which worker
+answered it (see ``tests.faults.harness.App.with_workers``).
 """
 
 from __future__ import annotations
@@ -17,16 +19,23 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
+    "NUMBER_HEADER",
     "Load",
     "Request",
     "Result",
+    "by_worker",
     "errors_text",
     "first_success_after",
     "get_paths",
+    "internal_errors",
     "longest",
+    "recovery_by_worker",
     "summary",
     "unanswered",
 ]
+
+#: The request header that carries each request's number within its Load.
+NUMBER_HEADER = "X-Load-Request"
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,10 @@ class Result:
     retry_after: str | None = None
     #: The start of the body of an error response (status >= 500), for failure messages.
     excerpt: str = ""
+    #: The request's number within its Load (from 1), sent in NUMBER_HEADER.
+    number: int = 0
+    #: The pid of the server process that answered it, once known (see the module docstring).
+    worker: int | None = None
 
     @property
     def duration(self) -> float:
@@ -70,9 +83,10 @@ class Result:
 
     def __str__(self) -> str:
         outcome = self.status if self.status is not None else self.error
+        worker = "" if self.worker is None else f", worker {self.worker}"
         return (
             f"{self.request.method} {self.request.path} -> {outcome} "
-            f"(client {self.client}, {self.duration:.2f} s) {self.excerpt}"
+            f"(client {self.client}{worker}, {self.duration:.2f} s) {self.excerpt}"
         ).strip()
 
 
@@ -109,6 +123,7 @@ class Load:
         self.stopping = False
         self.in_flight = 0
         self.unconnected = 0
+        self.sent = 0
         self.results: list[Result] = []
         self.started_at = 0.0
         self.threads = [
@@ -124,15 +139,17 @@ class Load:
                     return
                 self.in_flight += 1
                 self.unconnected += 1
+                self.sent += 1
+                number = self.sent
             request = self.request(n, i)
-            result = self._send(n, request)
+            result = self._send(n, request, number)
             with self.lock:
                 self.in_flight -= 1
                 self.results.append(result)
             if self.pause:
                 time.sleep(self.pause)
 
-    def _send(self, n: int, request: Request) -> Result:
+    def _send(self, n: int, request: Request, number: int) -> Result:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         start = time.monotonic()
         try:
@@ -142,7 +159,8 @@ class Load:
                 with self.lock:
                     self.unconnected -= 1
                     self.connected.notify_all()
-            conn.request(request.method, request.path, request.body, request.headers)
+            headers = {**request.headers, NUMBER_HEADER: str(number)}
+            conn.request(request.method, request.path, request.body, headers)
             response = conn.getresponse()
             body = response.read()
             status = response.status
@@ -154,9 +172,18 @@ class Load:
                 status,
                 retry_after=response.getheader("Retry-After"),
                 excerpt=body[:300].decode(errors="replace") if status >= 500 else "",
+                number=number,
             )
         except Exception as exc:  # every failure is recorded and judged by the test
-            return Result(n, request, start, time.monotonic(), None, f"{type(exc).__name__}: {exc}")
+            return Result(
+                n,
+                request,
+                start,
+                time.monotonic(),
+                None,
+                f"{type(exc).__name__}: {exc}",
+                number=number,
+            )
         finally:
             conn.close()
 
@@ -227,3 +254,28 @@ def longest(results: Iterable[Result]) -> Result | None:
 def unanswered(results: Iterable[Result]) -> list[Result]:
     """Requests that got no HTTP response at all (client timeout, reset, refused)."""
     return [r for r in results if r.status is None]
+
+
+def internal_errors(results: Iterable[Result]) -> list[Result]:
+    """Requests answered with a 500: an exception no middleware turned into a response."""
+    return [r for r in results if r.status == 500]
+
+
+def by_worker(results: Iterable[Result]) -> dict[int, list[Result]]:
+    """Answered requests by the pid of the worker that answered them (results with
+    ``worker`` set; see the module docstring)."""
+    workers: dict[int, list[Result]] = {}
+    for r in results:
+        if r.worker is not None:
+            workers.setdefault(r.worker, []).append(r)
+    return workers
+
+
+def recovery_by_worker(results: Iterable[Result], moment: float) -> dict[int, float | None]:
+    """Per worker: seconds from ``moment`` to the end of its first success among requests
+    started at or after ``moment``; None for a worker with no such success."""
+    recoveries: dict[int, float | None] = {}
+    for worker, answered in by_worker(results).items():
+        first = first_success_after(answered, moment)
+        recoveries[worker] = None if first is None else first.end - moment
+    return recoveries

@@ -26,7 +26,9 @@ HEADERS = [
     "database",
     "requests",
     "errors",
+    "500s",
     "recovery",
+    "recovery per worker",
     "connections before → after",
     "outcome",
 ]
@@ -51,6 +53,12 @@ class Row:
     connections_after: int
     #: One line: what was asserted.
     outcome: str
+    #: Requests answered with a 500 (an error no middleware made a 503 of); None where the
+    #: scenario does not count them.
+    server_errors: int | None = None
+    #: Per worker process, seconds from the fault's end to its own first success (the
+    #: slowest of the rounds); None where the scenario does not tell workers apart.
+    worker_recovery_s: list[float] | None = None
 
 
 def record(row: Row) -> None:
@@ -68,12 +76,19 @@ def rows() -> list[Row]:
 
 def _cells(row: Row) -> list[str]:
     recovery = "n/a" if row.recovery_s is None else f"{row.recovery_s:.2f} s"
+    per_worker = (
+        "n/a"
+        if row.worker_recovery_s is None
+        else ", ".join(f"{seconds:.2f} s" for seconds in sorted(row.worker_recovery_s))
+    )
     return [
         row.scenario,
         _VENDORS.get(row.vendor, row.vendor),
         str(row.requests),
         row.errors,
+        "n/a" if row.server_errors is None else str(row.server_errors),
         recovery,
+        per_worker,
         f"{row.connections_before} → {row.connections_after}",
         row.outcome,
     ]

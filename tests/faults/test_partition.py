@@ -31,9 +31,8 @@ CONNECT_TIMEOUT = 2
 TIMEOUT = 1
 MAX_SIZE = 2
 WORKERS = 2
-#: What a request that lost its connection is answered with: 500 until the lost connection
-#: becomes a 503 of its own (issue 35, part 2).
-LOST = {500, 503}
+#: What a request that lost its connection is answered with (PoolUnavailableMiddleware).
+LOST = {503}
 
 
 def test_partition_ends_requests_in_flight_within_the_network_timeout() -> None:
