@@ -2,9 +2,10 @@
 and never answered (a proxy swallows it: a half-dead server or load balancer, a PgBouncer
 waiting on its auth_query, a slow TLS handshake), while later ones go through.
 
-The stuck attempt is given up after CONNECT_TIMEOUT, never later; meanwhile callers wait at
-most TIMEOUT (a 503), and the pool serves as soon as a connect succeeds. One gunicorn
-worker, so that every request depends on the pool whose first connect hangs."""
+Other connects go on beside the stuck one, so every caller gets a connection within TIMEOUT,
+which is shorter than CONNECT_TIMEOUT here: a pool that waited for the stuck connect would
+answer 503s until it was given up. It is given up after CONNECT_TIMEOUT, never later. One
+gunicorn worker, so that every request depends on the pool whose first connect hangs."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from tests.faults.load import Load, errors_text, first_success_after, get_paths,
 from tests.faults.report import Row
 from tests.tcpproxy import tcp_proxy
 
-CONNECT_TIMEOUT = 3
-TIMEOUT = 1
+CONNECT_TIMEOUT = 10  # the default
+TIMEOUT = 3
 
 
 def test_a_hung_connect_is_given_up_after_the_connect_timeout() -> None:
@@ -44,7 +45,8 @@ def test_a_hung_connect_is_given_up_after_the_connect_timeout() -> None:
     # It failed as a connect error (it did not open a connection that was closed later).
     assert counters["connect_errors"] == 1, counters
     assert unanswered(results) == []
-    assert {r.status for r in results} <= {200, 503}, [str(r) for r in results if not r.ok]
+    # Callers got connections within TIMEOUT, while the first connect still hung.
+    assert {r.status for r in results} == {200}, [str(r) for r in results if not r.ok]
     longest = max(results, key=lambda r: r.duration)
     assert longest.duration < TIMEOUT + GRACE, str(longest)
     first = first_success_after(results, hung.accepted)
