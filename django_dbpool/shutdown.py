@@ -190,7 +190,6 @@ def _close_before_dying(own: list[tuple[Pool[Any], Any, bool]]) -> None:
     # statements go back here (rolled back, then closed with the pool); one it was using
     # inside the driver is cut off (PostgreSQL: its statement cancelled), as are those
     # other threads still hold after EXIT_DRAIN_SECONDS.
-    from .backends.base import pools
     from .snapshots import forget_own_snapshot
 
     for pool, connection, busy in own:
@@ -199,9 +198,7 @@ def _close_before_dying(own: list[tuple[Pool[Any], Any, bool]]) -> None:
                 pool.release(connection)
             except Exception:
                 logger.debug("giving back the main thread's connection failed", exc_info=True)
-    main = threading.main_thread()
-    for pool in pools().values():
-        pool.cut_off(main)
+    _cut_off_the_main_thread()
     close_all_pools(timeout=EXIT_DRAIN_SECONDS)
     forget_own_snapshot()  # dying of the signal skips atexit
 
@@ -232,6 +229,10 @@ def _unstick_main_thread() -> None:
         return  # the handler runs: it does the rest
     # The main thread is inside a driver call: cut off the connections it holds, so that
     # the call fails, the main thread gets back to Python, and the handler runs.
+    _cut_off_the_main_thread()
+
+
+def _cut_off_the_main_thread() -> None:
     from .backends.base import pools
 
     main = threading.main_thread()

@@ -128,21 +128,25 @@ def _failing_fast_with_a_long_backoff(
     return pool, driver  # type: ignore[return-value]
 
 
+def _acquire_once_it_tries_again(pool: Pool[object]) -> object:
+    # Callers keep failing fast until a connect succeeds: within the test only if one of
+    # them had the pool try before its minute of backoff ran out.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return pool.acquire()
+        except PoolUnavailable:
+            assert time.monotonic() < deadline, "never tried again within the backoff"
+            time.sleep(0.01)
+
+
 def test_a_caller_while_failing_fast_has_the_pool_try_again(monkeypatch):
     pool, driver = _failing_fast_with_a_long_backoff(monkeypatch)
     with closing(pool):
         driver.down = False
         # The callers still fail fast, but one of them after HALF_OPEN_SECONDS has the
         # connector try at once instead of after its minute of backoff.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = pool.acquire()
-                break
-            except PoolUnavailable:
-                assert time.monotonic() < deadline, "never tried again"
-                time.sleep(0.01)
-        pool.release(conn)
+        pool.release(_acquire_once_it_tries_again(pool))
         assert driver.connect_attempts == 2
         assert not pool.stats().unavailable_now
 
@@ -171,14 +175,6 @@ def test_a_probe_that_hangs_does_not_hold_up_the_next_one(monkeypatch):
     with closing(pool):
         driver.hang_next = 1
         driver.down = False
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = pool.acquire()
-                break
-            except PoolUnavailable:
-                assert time.monotonic() < deadline, "held up behind the hung probe"
-                time.sleep(0.01)
-        pool.release(conn)
+        pool.release(_acquire_once_it_tries_again(pool))
         assert pool.stats().opening == 1  # the hung one, still in flight
         driver.hung_gate.set()
