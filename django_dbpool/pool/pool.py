@@ -264,7 +264,7 @@ class Pool(Maintenance[C]):
             closed += len(orphans)
         me = threading.current_thread()
         forced: list[Slot[C]] = []
-        cut_off: list[Slot[C]] = []
+        cutting: list[Slot[C]] = []
         with self._lock:
             if first:
                 closed += self._returned_after_close
@@ -273,24 +273,22 @@ class Pool(Maintenance[C]):
                 forced = self._take_out_locked(
                     lambda slot: slot.holder is not None and slot.holder[0] is me
                 ) + self._take_out_locked(orphaned)
-                cut_off = [slot for slot in self._out.values() if not slot.cut_off]
-                for slot in cut_off:
-                    slot.cut_off = True
+                cutting = self._cut_off_locked(lambda slot: True)
             pending = sum(not slot.cut_off for slot in self._out.values())
         for slot in forced:
             self._close_slot(slot, "shutdown")
-        self._interrupt(cut_off)
-        if first or forced or cut_off:
+        self._interrupt(cutting)
+        if first or forced or cutting:
             logger.info(
                 "pool %r closed: %d connections closed, %d force-closed, %d cut off from "
                 "their holders, %d still out",
                 self.name,
                 closed,
                 len(forced),
-                len(cut_off),
+                len(cutting),
                 pending,
             )
-        return CloseResult(closed=closed, force_closed=len(forced) + len(cut_off), pending=pending)
+        return CloseResult(closed=closed, force_closed=len(forced) + len(cutting), pending=pending)
 
     def cut_off(self, thread: threading.Thread) -> int:
         """Cut off the connections ``thread`` has checked out, as ``close(force=True)``
@@ -300,15 +298,19 @@ class Pool(Maintenance[C]):
         driver. Returns how many were cut off; idempotent.
         """
         with self._lock:
-            slots = [
-                slot
-                for slot in self._out.values()
-                if slot.holder is not None and slot.holder[0] is thread and not slot.cut_off
-            ]
-            for slot in slots:
-                slot.cut_off = True
+            slots = self._cut_off_locked(
+                lambda slot: slot.holder is not None and slot.holder[0] is thread
+            )
         self._interrupt(slots)
         return len(slots)
+
+    def _cut_off_locked(self, which: Callable[[Slot[C]], bool]) -> list[Slot[C]]:
+        # Marks the checked-out slots `which` picks and that are not cut off yet; the caller
+        # interrupts them off the lock.
+        slots = [slot for slot in self._out.values() if not slot.cut_off and which(slot)]
+        for slot in slots:
+            slot.cut_off = True
+        return slots
 
     def _interrupt(self, slots: list[Slot[C]]) -> None:
         # Off the lock: interrupt() may do I/O (PostgreSQL's cancel request). A holder that
