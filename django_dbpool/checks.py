@@ -142,36 +142,42 @@ def check_configuration(
                     id="django_dbpool.E003",
                 )
             )
-    for alias in databases or ():
-        if alias in pooled_aliases():
+    checked = _checked_servers.get() or {}
+    # The aliases the check command checked (some left out of databases), then the others.
+    for alias in dict.fromkeys([*checked, *(databases or ())]):
+        if alias in checked:
+            messages.extend(checked[alias])
+        elif alias in pooled_aliases():
             messages.extend(_check_server(alias))
-    messages.extend(_unreachable.get())
     return messages
 
 
-# E004 for the aliases the check command left out of --database (see skipping_unreachable).
-_unreachable: ContextVar[tuple[checks.CheckMessage, ...]] = ContextVar("_unreachable", default=())
+# What the check command found for each pooled alias of --database, before the other checks
+# ran (see skipping_unreachable): the unreachable ones are not in their databases any more.
+_checked_servers: ContextVar[dict[str, list[checks.CheckMessage]] | None] = ContextVar(
+    "_checked_servers", default=None
+)
 
 
 @contextlib.contextmanager
 def skipping_unreachable(databases: Iterable[str]) -> Iterator[list[str]]:
     """For the ``check`` command: yields the aliases of ``databases`` that are not pooled
     aliases failing to connect; those are left out, so that no other check connects to
-    them, and their ``django_dbpool.E004`` is reported by :func:`check_configuration`."""
+    them. What the server checks found for each alias is reported by
+    :func:`check_configuration`, which does not connect again."""
     reachable: list[str] = []
-    errors: list[checks.CheckMessage] = []
+    checked: dict[str, list[checks.CheckMessage]] = {}
     pooled = pooled_aliases()
     for alias in databases:
-        found = _check_server(alias) if alias in pooled else []
-        if any(message.id == "django_dbpool.E004" for message in found):
-            errors.extend(found)
-        else:
+        if alias in pooled:
+            checked[alias] = _check_server(alias)
+        if not any(m.id == "django_dbpool.E004" for m in checked.get(alias, ())):
             reachable.append(alias)
-    token = _unreachable.set(tuple(errors))
+    token = _checked_servers.set(checked)
     try:
         yield reachable
     finally:
-        _unreachable.reset(token)
+        _checked_servers.reset(token)
 
 
 @checks.register(checks.Tags.database)
