@@ -45,4 +45,14 @@ def parse_database_url(url: str | None, *, setting: str = "DATABASE_URL") -> dic
     return parse(url, setting=setting)
 
 
+def __getattr__(name: str) -> Any:
+    # pinned() and SessionStatementError (django_dbpool.leases), imported on first use: this
+    # package is imported by settings modules, before Django is set up.
+    if name in ("pinned", "Pinned", "SessionStatementError"):
+        from . import leases
+
+        return getattr(leases, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 register_url_schemes()

@@ -11,9 +11,10 @@ Options may be written in two places, merged here into one validated
 The same option in both places is an error, as is an unknown key or a bad value: each
 raises ``ImproperlyConfigured`` naming the alias, the key, the value and what is accepted.
 
-The backends' own options (``RESET``, ``PGBOUNCER``, ``CONNECT_TIMEOUT``, ``NETWORK_TIMEOUT``)
-are validated here too but kept out of the pool core: they set up the driver, not the pool
-(:class:`AliasOptions`, :class:`TcpTimeouts`).
+The backends' own options (``LEASE``, ``SESSION_SQL``, ``RESET``, ``PGBOUNCER``,
+``CONNECT_TIMEOUT``, ``NETWORK_TIMEOUT``) are validated here too but kept out of the pool
+core: they set up the driver and the wrapper, not the pool (:class:`AliasOptions`,
+:class:`TcpTimeouts`).
 
 Also here: the flat MySQL TLS keys a URL can carry (``?ssl_ca=...``), folded into the
 ``ssl`` dict mysqlclient takes (:func:`mysql_tls_options`).
@@ -49,7 +50,19 @@ OPTIONS_PREFIX = "pool_"
 #: backends hand the driver (in seconds).
 _BOOLEAN_OPTIONS = frozenset({"RESET"})
 _TIMEOUT_OPTIONS = frozenset({"CONNECT_TIMEOUT", "NETWORK_TIMEOUT"})
-_BACKEND_OPTIONS = _BOOLEAN_OPTIONS | _TIMEOUT_OPTIONS
+#: Options that take one of a few words: the words, and what each means.
+_CHOICE_OPTIONS: dict[str, dict[str, str]] = {
+    "LEASE": {
+        "request": "a connection is held from the first query of a request to its end",
+        "transaction": "a connection is held only while a statement or a transaction runs",
+    },
+    "SESSION_SQL": {
+        "pin": "a statement that changes the session keeps the connection for the rest of "
+        "the request, with a warning",
+        "error": "such a statement raises SessionStatementError",
+    },
+}
+_BACKEND_OPTIONS = _BOOLEAN_OPTIONS | _TIMEOUT_OPTIONS | frozenset(_CHOICE_OPTIONS)
 #: The defaults: a connect that takes longer than this has hung (a TCP connect, TLS and
 #: authentication take milliseconds); a peer silent this long is gone.
 DEFAULT_CONNECT_TIMEOUT = 10
@@ -75,6 +88,13 @@ class AliasOptions:
     """Everything the ``POOL`` settings of one alias say."""
 
     pool: PoolOptions
+    #: How long a connection is held: ``"request"`` (from the first query to the end of the
+    #: request) or ``"transaction"`` (a statement, or a transaction; see ``backends/leases``).
+    lease: str = "request"
+    #: With transaction leases, what a statement that changes the session outside a pin
+    #: does: ``"pin"`` (hold the connection for the rest of the request, and warn) or
+    #: ``"error"`` (raise ``SessionStatementError``).
+    session_sql: str = "pin"
     #: Run a full session reset (``DISCARD ALL``; MySQL's COM_CHANGE_USER) on every return.
     reset: bool = False
     #: The pool mode of the PgBouncer the alias connects through, or None (no PgBouncer).
@@ -160,6 +180,8 @@ def alias_options(alias: str, settings_dict: Mapping[str, Any]) -> AliasOptions:
         raise ImproperlyConfigured(
             f"DATABASES[{alias!r}]: POOL option RESET={reset!r} is invalid; expected True or False."
         )
+    lease = _choice(alias, pool, "LEASE", merged.pop("LEASE", "request"))
+    session_sql = _choice(alias, pool, "SESSION_SQL", merged.pop("SESSION_SQL", "pin"))
     pgbouncer = merged.pop("PGBOUNCER", None)
     if pgbouncer is not None and pgbouncer not in PGBOUNCER_MODES:
         raise ImproperlyConfigured(
@@ -182,6 +204,8 @@ def alias_options(alias: str, settings_dict: Mapping[str, Any]) -> AliasOptions:
         _check_network_timeout(network_timeout)
         return AliasOptions(
             PoolOptions.from_mapping(merged),
+            lease=lease,
+            session_sql=session_sql,
             reset=reset,
             pgbouncer=pgbouncer,
             connect_timeout=connect_timeout,
@@ -191,6 +215,17 @@ def alias_options(alias: str, settings_dict: Mapping[str, Any]) -> AliasOptions:
         raise ImproperlyConfigured(
             f"DATABASES[{alias!r}]: {exc}{_url_origin(exc.option, pool)}"
         ) from None
+
+
+def _choice(alias: str, pool: Mapping[str, Any], name: str, value: object) -> str:
+    choices = _CHOICE_OPTIONS[name]
+    if isinstance(value, str) and value in choices:
+        return value
+    accepted = "; ".join(f"{word!r}: {meaning}" for word, meaning in choices.items())
+    raise ImproperlyConfigured(
+        f"DATABASES[{alias!r}]: POOL option {name}={value!r} is invalid; expected one of "
+        f"{accepted}.{_url_origin(name, pool)}"
+    )
 
 
 def _check_connect_timeout(value: object) -> None:
@@ -292,7 +327,7 @@ def _cast(alias: str, key: str, name: str, value: object) -> object:
             f"DATABASES[{alias!r}]: OPTIONS[{key!r}]={value!r} is not a boolean "
             "(true/false, 1/0, yes/no, on/off)."
         )
-    if not isinstance(value, str) or name == "PGBOUNCER":
+    if not isinstance(value, str) or name == "PGBOUNCER" or name in _CHOICE_OPTIONS:
         return value
     text = value.strip()
     try:

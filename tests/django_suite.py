@@ -1,7 +1,7 @@
 """Run modules of Django's own test suite against a database ENGINE.
 
 Usage: python tests/django_suite.py {postgresql,mysql} [--engine MODULE] [--pgbouncer]
-       [MODULE ...]
+       [--lease {request,transaction}] [MODULE ...]
 
 The suite comes from the Django sdist matching the installed Django (downloaded once into
 .venv/django-suite/). The server is the one in DBPOOL_TEST_POSTGRES_URL or
@@ -14,6 +14,9 @@ with the settings the README documents for it (``POOL["PGBOUNCER"] = "transactio
 ``DISABLE_SERVER_SIDE_CURSORS``). The test databases are created, cloned and dropped on
 PostgreSQL directly (see PgBouncerRunner); the tests in PGBOUNCER_EXCLUDED, which rely on
 session state that transaction pooling does not keep, are skipped with the reason.
+
+``--lease transaction`` sets ``POOL["LEASE"] = "transaction"`` on both aliases: the same
+tests, with the connection given back after every statement and transaction.
 """
 
 from __future__ import annotations
@@ -127,7 +130,9 @@ def required_url(variable: str) -> str:
     return url
 
 
-def write_settings(directory: Path, vendor: str, engine: str, pgbouncer: bool = False) -> str:
+def write_settings(
+    directory: Path, vendor: str, engine: str, pgbouncer: bool = False, lease: str | None = None
+) -> str:
     url = required_url(URL_VARIABLES[vendor])
     if pgbouncer:
         url, direct = required_url(PGBOUNCER_URL_VARIABLE), url
@@ -136,9 +141,12 @@ def write_settings(directory: Path, vendor: str, engine: str, pgbouncer: bool = 
         "other": database(url, engine, "django_suite_other"),
     }
     extra = ""
+    if lease is not None:
+        for config in databases.values():
+            config["POOL"] = {"LEASE": lease}
     if pgbouncer:
         for config in databases.values():
-            config["POOL"] = {"PGBOUNCER": "transaction"}
+            config["POOL"] = {**config.get("POOL", {}), "PGBOUNCER": "transaction"}
             config["DISABLE_SERVER_SIDE_CURSORS"] = True
         # Where PgBouncerRunner creates and drops the test databases.
         direct_settings = database(direct, engine, "")
@@ -234,16 +242,22 @@ def main() -> int:
         action="store_true",
         help=f"run through the PgBouncer in {PGBOUNCER_URL_VARIABLE} (transaction pooling)",
     )
+    parser.add_argument(
+        "--lease",
+        choices=("request", "transaction"),
+        help="the POOL LEASE option of both aliases (default: not set, so request)",
+    )
     parser.add_argument("modules", nargs="*", default=DEFAULT_MODULES)
     args = parser.parse_intermixed_args()
     if args.pgbouncer and args.vendor != "postgresql":
         parser.error("--pgbouncer needs the postgresql vendor")
     engine = args.engine or STOCK_ENGINES[args.vendor]
     tests = suite_dir()
-    module = write_settings(tests, args.vendor, engine, pgbouncer=args.pgbouncer)
+    module = write_settings(tests, args.vendor, engine, args.pgbouncer, args.lease)
     print(
         f"django_suite: Django {django.__version__} tests {' '.join(args.modules)} "
         f"with ENGINE {engine}"
+        + (f", LEASE {args.lease}" if args.lease else "")
         + (" through PgBouncer (transaction pooling)" if args.pgbouncer else ""),
         flush=True,
     )

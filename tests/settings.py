@@ -58,6 +58,13 @@ DATABASES = {
         "TIME_ZONE": "Asia/Tokyo",
         "TEST": {"MIRROR": "default"},
     },
+    # The same test database with transaction-scoped leases, two connections.
+    "lease": {
+        **_default,
+        "OPTIONS": dict(_default.get("OPTIONS", {})),
+        "POOL": {"MAX_SIZE": 2, "TIMEOUT": 10, "LEASE": "transaction"},
+        "TEST": {"MIRROR": "default"},
+    },
 }
 
 SECRET_KEY = "tests-only-not-a-secret"

@@ -95,8 +95,8 @@ def test_bad_options_name_the_alias_the_key_and_what_is_accepted(
 
 KNOWN = (
     "Known options: BACKOFF_MAX, CONNECT_TIMEOUT, DRAIN_TIMEOUT, FAIL_FAST_AFTER, KEEPALIVE, "
-    "LEAK_TIMEOUT, MAX_IDLE, MAX_LIFETIME, MAX_SIZE, MAX_WAITING, MIN_SIZE, NETWORK_TIMEOUT, "
-    "PGBOUNCER, RESET, TIMEOUT, VALIDATE_AFTER."
+    "LEAK_TIMEOUT, LEASE, MAX_IDLE, MAX_LIFETIME, MAX_SIZE, MAX_WAITING, MIN_SIZE, "
+    "NETWORK_TIMEOUT, PGBOUNCER, RESET, SESSION_SQL, TIMEOUT, VALIDATE_AFTER."
 )
 URL_SPELLING = (
     "URL parameters are the option names in lower case with the pool_ prefix, as in pool_max_size."
@@ -437,3 +437,37 @@ def test_mysql_connections_get_a_connect_timeout_and_never_a_read_timeout() -> N
     assert params["connect_timeout"] == 4
     params = physical_connect_params({**MYSQL_ALIAS, "POOL": {"CONNECT_TIMEOUT": 0}})
     assert "connect_timeout" not in params
+
+
+def test_lease_and_session_sql_from_pool_and_url() -> None:
+    assert alias_options("db", {}).lease == "request"
+    assert alias_options("db", {}).session_sql == "pin"
+    options = alias_options("db", {"POOL": {"LEASE": "transaction", "SESSION_SQL": "error"}})
+    assert (options.lease, options.session_sql) == ("transaction", "error")
+    from_url = alias_options("db", {"OPTIONS": {"pool_lease": "transaction"}})
+    assert from_url.lease == "transaction"
+
+
+@pytest.mark.parametrize(
+    ("settings_dict", "message"),
+    [
+        (
+            {"POOL": {"LEASE": "statement"}},
+            "DATABASES['db']: POOL option LEASE='statement' is invalid; expected one of "
+            "'request': a connection is held from the first query of a request to its end; "
+            "'transaction': a connection is held only while a statement or a transaction runs.",
+        ),
+        (
+            {"OPTIONS": {"pool_session_sql": "warn"}},
+            "DATABASES['db']: POOL option SESSION_SQL='warn' is invalid; expected one of "
+            "'pin': a statement that changes the session keeps the connection for the rest "
+            "of the request, with a warning; 'error': such a statement raises "
+            "SessionStatementError. It was set by OPTIONS['pool_session_sql'], the "
+            "pool_session_sql parameter of the database URL.",
+        ),
+    ],
+)
+def test_bad_lease_options_name_the_choices(settings_dict: Any, message: str) -> None:
+    with pytest.raises(ImproperlyConfigured) as info:
+        alias_options("db", settings_dict)
+    assert str(info.value) == message

@@ -38,13 +38,16 @@ from ..options import AliasOptions, alias_options, driver_options
 from ..pool import ConnectionAdapter, Pool, _fork
 from ..pool.errors import ConnectFailed
 from .cursors import TaggingCursorMixin, tagging_cursor_class
+from .leasing import LeasingMixin, lease_cursor_mixin
 
-if TYPE_CHECKING:
-    _Base = BaseDatabaseWrapper
-else:
-    _Base = object
-
-__all__ = ["PooledWrapperMixin", "pools", "shutdown_socket", "stop_watching", "take_all_pools"]
+__all__ = [
+    "PooledWrapperMixin",
+    "lease_modes",
+    "pools",
+    "shutdown_socket",
+    "stop_watching",
+    "take_all_pools",
+]
 
 # What to check after a failed connect, by cause; CONNECT_HINT when the vendor does not
 # recognise the cause.
@@ -77,6 +80,8 @@ class _Entry(NamedTuple):
     # What get_connection_params() returns for these settings: Django's connect() asks for
     # it at every checkout, and building it costs more than the checkout itself.
     params: dict[str, Any]
+    #: The alias's validated POOL options (LEASE, SESSION_SQL, ...).
+    alias_options: AliasOptions
 
 
 # One pool per alias per process, shared by the wrappers of every thread; replaced when the
@@ -163,7 +168,7 @@ class _PoolErrorWrapper(DatabaseErrorWrapper):
         super().__exit__(exc_type, exc_value, traceback)
 
 
-class PooledWrapperMixin(_Base):
+class PooledWrapperMixin(LeasingMixin):
     """Pooling for a Django ``DatabaseWrapper``: ``class W(PooledWrapperMixin, Stock)``.
 
     A vendor implements :meth:`make_pool_adapter`, :meth:`configure_new_connection` and
@@ -217,6 +222,13 @@ class PooledWrapperMixin(_Base):
         entry = _pools.get(self.alias)
         if entry is not None and not entry.pool.closed and self._dbpool_matches(entry):
             return entry.pool
+        return self._dbpool_replace_pool().pool
+
+    def _dbpool_entry(self) -> _Entry:
+        # _dbpool_pool(), with the alias's options.
+        entry = _pools.get(self.alias)
+        if entry is not None and not entry.pool.closed and self._dbpool_matches(entry):
+            return entry
         return self._dbpool_replace_pool()
 
     def close_pool(self) -> None:
@@ -307,15 +319,23 @@ class PooledWrapperMixin(_Base):
         self.closed_in_transaction = False
         self.errors_occurred = False
         self.health_check_done = True
-        self.connection = self._dbpool_checkout(self._dbpool_pool())
-        self._set_autocommit(True)
-        self.autocommit = True
-        if self.run_commit_hooks_on_set_autocommit_on:
-            self.run_and_clear_commit_hooks()
-            self.run_commit_hooks_on_set_autocommit_on = False
-        # What remains of init_connection_state(): Django's once-per-alias version check.
-        BaseDatabaseWrapper.init_connection_state(self)
-        connection_created.send(sender=self.__class__, connection=self)
+        entry = self._dbpool_entry()
+        self.connection = self._dbpool_checkout(entry.pool)
+        options = entry.alias_options
+        self._dbpool_start_leasing(options.lease == "transaction", options.session_sql)
+        # No release point until connect() is done (a connection_created receiver's query).
+        self._dbpool_connecting = True
+        try:
+            self._set_autocommit(True)
+            self.autocommit = True
+            if self.run_commit_hooks_on_set_autocommit_on:
+                self.run_and_clear_commit_hooks()
+                self.run_commit_hooks_on_set_autocommit_on = False
+            # What remains of init_connection_state(): Django's once-per-alias version check.
+            BaseDatabaseWrapper.init_connection_state(self)
+            connection_created.send(sender=self.__class__, connection=self)
+        finally:
+            self._dbpool_connecting = False
         self.run_on_commit = []
 
     def init_connection_state(self) -> None:
@@ -351,10 +371,10 @@ class PooledWrapperMixin(_Base):
 
     def _close(self) -> None:
         pool, self._dbpool_lease = self._dbpool_lease, None
-        if self.connection is None or pool is None:
+        if self._dbpool_conn is None or pool is None:
             cast(Any, super())._close()
             return
-        connection, self.connection = self.connection, None
+        connection, self._dbpool_conn = self._dbpool_conn, None
         pool.release(connection, broken=self.dbpool_broken)
 
     def dbpool_held(self) -> tuple[Pool[Any], Any, bool] | None:
@@ -362,7 +382,7 @@ class PooledWrapperMixin(_Base):
         it holds none; ``busy``: a thread is inside the driver with it right now (see
         :meth:`dbpool_driver_busy`). Reads attributes only, takes no lock: for a signal
         handler."""
-        pool, connection = self._dbpool_lease, self.connection
+        pool, connection = self._dbpool_lease, self._dbpool_conn
         if pool is None or connection is None:
             return None
         return pool, connection, self.dbpool_driver_busy(connection)
@@ -380,14 +400,26 @@ class PooledWrapperMixin(_Base):
 
     def make_cursor(self, cursor: Any) -> CursorWrapper:
         wrapper = super().make_cursor(cursor)
-        wrapper.__class__ = tagging_cursor_class(type(wrapper), self.dbpool_cursor_mixin)
+        if self._dbpool_transaction:
+            self._dbpool_lease_cursor(wrapper)
+        else:
+            wrapper.__class__ = tagging_cursor_class(type(wrapper), self.dbpool_cursor_mixin)
         return wrapper
 
     def make_debug_cursor(self, cursor: Any) -> CursorDebugWrapper:
         wrapper = super().make_debug_cursor(cursor)
-        cls = tagging_cursor_class(type(wrapper), self.dbpool_cursor_mixin)
-        wrapper.__class__ = cls  # type: ignore[assignment]
+        if self._dbpool_transaction:
+            self._dbpool_lease_cursor(wrapper)
+        else:
+            cls = tagging_cursor_class(type(wrapper), self.dbpool_cursor_mixin)
+            wrapper.__class__ = cls  # type: ignore[assignment]
         return wrapper
+
+    def _dbpool_lease_cursor(self, wrapper: CursorWrapper) -> None:
+        # With transaction leases: the cursor counts as open (a pin) until closed.
+        mixin = lease_cursor_mixin(self.dbpool_cursor_mixin)
+        wrapper.__class__ = tagging_cursor_class(type(wrapper), mixin)
+        self._dbpool_cursor_opened(wrapper)
 
     def dbpool_app_tag(self) -> str:
         """The process tag of this alias (``application_name``), for query comments;
@@ -460,7 +492,7 @@ class PooledWrapperMixin(_Base):
             and entry.pool_settings == s.get("POOL")
         )
 
-    def _dbpool_replace_pool(self) -> Pool[Any]:
+    def _dbpool_replace_pool(self) -> _Entry:
         # Validate and build outside the lock (no I/O: the pool connects lazily), then
         # install unless another thread won the race.
         options = alias_options(self.alias, self.settings_dict)
@@ -483,15 +515,16 @@ class PooledWrapperMixin(_Base):
             self._dbpool_database(),
             new_pool,
             self._dbpool_connection_params(),
+            options,
         )
         with _pools_lock:
             current = _pools.get(self.alias)
             if current is not None and not current.pool.closed and self._dbpool_matches(current):
                 stale: Pool[Any] | None = new_pool
-                winner = current.pool
+                winner = current
             else:
                 stale = current.pool if current is not None else None
-                winner = new_pool
+                winner = entry
                 _pools[self.alias] = entry
         if stale is not None:
             stale.close(timeout=0, force=False)
@@ -666,6 +699,12 @@ def take_all_pools() -> dict[str, Pool[Any]]:
         entries = dict(_pools)
         _pools.clear()
     return {alias: entry.pool for alias, entry in entries.items()}
+
+
+def lease_modes() -> dict[str, str]:
+    """The ``LEASE`` option of each open pool's alias (``"request"`` or ``"transaction"``)."""
+    with _pools_lock:
+        return {alias: entry.alias_options.lease for alias, entry in _pools.items()}
 
 
 def pools() -> dict[str, Pool[Any]]:

@@ -27,7 +27,7 @@ from ._records import Holder, Slot, Waiter
 from .adapter import ConnectionAdapter
 from .errors import PoolTimeout, PoolUnavailable
 from .options import PoolOptions
-from .stats import CLOSE_REASONS, Histogram
+from .stats import CLOSE_REASONS, PIN_REASONS, Histogram
 
 logger = logging.getLogger("django_dbpool.pool")
 
@@ -98,6 +98,8 @@ class PoolState(Generic[C]):
         self._validations_failed = 0
         self._leaks = 0
         self._orphans = 0
+        self._pinned = 0
+        self._pin_counts = dict.fromkeys(PIN_REASONS, 0)
         self._wait_hist = Histogram()
         self._hold_hist = Histogram()
         self._connect_hist = Histogram()

@@ -21,7 +21,7 @@ from . import _fork
 from ._maintenance import Maintenance
 from ._records import Holder, Slot, Waiter, capture_stack, orphaned
 from .errors import PoolClosed, PoolExhausted
-from .stats import BUCKETS_SECONDS, CloseResult, PoolStats, closed_mapping
+from .stats import BUCKETS_SECONDS, PIN_REASONS, CloseResult, PoolStats, closed_mapping
 
 __all__ = ["Pool"]
 
@@ -203,6 +203,16 @@ class Pool(Maintenance[C]):
                 return
         self._release_unknown(conn, "share()")
 
+    def count_pin(self, reason: str, *, first: bool) -> None:
+        """Count a lease held past a point where it would have been given back, because of
+        ``reason`` (one of :data:`~django_dbpool.pool.stats.PIN_REASONS`); ``first``: the
+        lease's first such reason. For the statistics only: the caller counts each reason
+        once per lease."""
+        with self._lock:
+            self._pin_counts[reason] = self._pin_counts.get(reason, 0) + 1
+            if first:
+                self._pinned += 1
+
     def connection(self, timeout: float | None = None) -> _Lease[C]:
         """Context manager: ``with pool.connection() as conn:`` acquires and always releases.
 
@@ -358,6 +368,8 @@ class Pool(Maintenance[C]):
                 validations_failed=self._validations_failed,
                 leaks=self._leaks,
                 orphans_reclaimed=self._orphans,
+                pinned=self._pinned,
+                pins=closed_mapping(self._pin_counts, PIN_REASONS),
                 # Fast-path checkouts waited zero seconds and are not recorded one by one.
                 wait_seconds=self._wait_hist.snapshot(self._acquired - self._wait_hist.count()),
                 hold_seconds=self._hold_hist.snapshot(),

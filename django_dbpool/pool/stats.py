@@ -14,6 +14,7 @@ __all__ = [
     "COUNTERS",
     "GAUGES",
     "HISTOGRAMS",
+    "PIN_REASONS",
     "CloseResult",
     "Histogram",
     "HistogramSnapshot",
@@ -47,6 +48,21 @@ BUCKETS_SECONDS: tuple[float, ...] = (
 #: idle: unused past MAX_IDLE; lifetime: older than MAX_LIFETIME; broken: released as broken
 #: or failed a probe; reset_failed: could not be reset on release; shutdown: pool closed.
 CLOSE_REASONS: tuple[str, ...] = ("idle", "lifetime", "broken", "reset_failed", "shutdown")
+
+#: Why a lease outlived a point where a transaction-scoped lease is given back; the keys of
+#: :attr:`PoolStats.pins`. transaction: a transaction was open (``atomic()``, autocommit
+#: off); cursor: a cursor was still open (a server-side cursor being iterated, say);
+#: pinned: the caller asked for one session (``django_dbpool.pinned()``); raw_connection:
+#: the caller took the driver's connection; session_sql: a statement changed the session
+#: (``SET``, a temporary table, a session lock); shared: several threads use the lease.
+PIN_REASONS: tuple[str, ...] = (
+    "transaction",
+    "cursor",
+    "pinned",
+    "raw_connection",
+    "session_sql",
+    "shared",
+)
 
 
 class Histogram:
@@ -139,6 +155,7 @@ COUNTERS: tuple[str, ...] = (
     "validations_failed",
     "leaks",
     "orphans_reclaimed",
+    "pinned",
 )
 HISTOGRAMS: tuple[str, ...] = ("wait_seconds", "hold_seconds", "connect_seconds")
 
@@ -181,6 +198,12 @@ class PoolStats:
     validations_failed: int
     leaks: int
     orphans_reclaimed: int
+    pinned: int
+    """Leases held past at least one point where they would have been given back (see
+    :data:`PIN_REASONS`); only transaction-scoped leases have such points."""
+    pins: Mapping[str, int]
+    """Per reason of :data:`PIN_REASONS`, the leases that reason held past such a point (a
+    lease counts once per reason)."""
     # histograms
     wait_seconds: HistogramSnapshot
     hold_seconds: HistogramSnapshot
@@ -194,6 +217,7 @@ class PoolStats:
         """A JSON-ready nested dict: ``name``, ``gauges``, ``counters``, ``histograms``."""
         counters: dict[str, Any] = {name: getattr(self, name) for name in COUNTERS}
         counters["closed"] = dict(self.closed)
+        counters["pins"] = dict(self.pins)
         return {
             "name": self.name,
             "gauges": {name: getattr(self, name) for name in GAUGES},
@@ -202,9 +226,11 @@ class PoolStats:
         }
 
 
-def closed_mapping(counts: Mapping[str, int]) -> Mapping[str, int]:
-    """A read-only mapping with every reason present, in :data:`CLOSE_REASONS` order."""
-    return MappingProxyType({reason: counts.get(reason, 0) for reason in CLOSE_REASONS})
+def closed_mapping(
+    counts: Mapping[str, int], reasons: tuple[str, ...] = CLOSE_REASONS
+) -> Mapping[str, int]:
+    """A read-only mapping with every one of ``reasons`` present, in their order."""
+    return MappingProxyType({reason: counts.get(reason, 0) for reason in reasons})
 
 
 @dataclass(frozen=True)

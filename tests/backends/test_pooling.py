@@ -393,6 +393,24 @@ def test_async_view_uses_pooled_connections() -> None:
     assert connection.pool.stats().acquired >= 1
 
 
+#: What the pooled connect() sets up for transaction leases (backends/leasing.py), which
+#: Django's connect() does not know of.
+LEASING_STATE = frozenset(
+    {
+        "_dbpool_transaction",
+        "_dbpool_session_sql",
+        "_dbpool_parked",
+        "_dbpool_cursors",
+        "_dbpool_generation",
+        "_dbpool_sticky",
+        "_dbpool_watch_raw",
+        "_dbpool_lease_thread",
+        "_dbpool_pins_counted",
+        "_dbpool_connecting",
+    }
+)
+
+
 def state_after_connect(connect: Callable[[Any], None]) -> tuple[dict[str, Any], list[str]]:
     """What ``connect`` changes on a new wrapper of the default alias that a previous
     connection left in every state Django's ``connect()`` resets; and what it signalled
@@ -426,9 +444,10 @@ def state_after_connect(connect: Callable[[Any], None]) -> tuple[dict[str, Any],
         connection_created.disconnect(created)
     try:
         changed = {
-            key: value
+            # Django's connection attribute is a property over _dbpool_conn.
+            "connection" if key == "_dbpool_conn" else key: value
             for key, value in vars(wrapper).items()
-            if key not in before or value is not before[key]
+            if (key not in before or value is not before[key]) and key not in LEASING_STATE
         }
         # The values that cannot match between two wrappers: made at the connect itself.
         changed["connection"] = type(changed["connection"])

@@ -18,7 +18,7 @@ from django_dbpool.pool import (
     PoolTimeout,
     PoolUnavailable,
 )
-from django_dbpool.pool.stats import BUCKETS_SECONDS, COUNTERS, GAUGES, HISTOGRAMS
+from django_dbpool.pool.stats import BUCKETS_SECONDS, COUNTERS, GAUGES, HISTOGRAMS, PIN_REASONS
 
 from .fakes import closing, make_pool, wait_until
 
@@ -60,7 +60,7 @@ def test_max_waiting_rejects_one_more_caller_at_once():
 
 def test_every_stats_field_is_exactly_one_kind():
     names = {f.name for f in dataclasses.fields(PoolStats)}
-    kinds = ["name", "closed", *GAUGES, *COUNTERS, *HISTOGRAMS]
+    kinds = ["name", "closed", "pins", *GAUGES, *COUNTERS, *HISTOGRAMS]
     assert len(kinds) == len(set(kinds))
     assert names == set(kinds)
 
@@ -120,9 +120,28 @@ def test_as_dict_is_json_ready_and_grouped_by_kind():
     json.dumps(data)
     assert set(data) == {"name", "gauges", "counters", "histograms"}
     assert set(data["gauges"]) == set(GAUGES)
-    assert set(data["counters"]) == {*COUNTERS, "closed"}
+    assert set(data["counters"]) == {*COUNTERS, "closed", "pins"}
     assert set(data["counters"]["closed"]) == set(CLOSE_REASONS)
     wait = data["histograms"]["wait_seconds"]
     assert wait["count"] == 2
     assert wait["buckets"]["+Inf"] == 2
     assert wait["buckets"]["0.0001"] >= 1
+
+
+def test_pins_count_leases_once_and_each_reason():
+    pool, _ = make_pool()
+    with closing(pool):
+        assert dict(pool.stats().pins) == dict.fromkeys(PIN_REASONS, 0)
+        # One lease held past release points by a transaction, then an open cursor; another
+        # by pinned() alone.
+        pool.count_pin("transaction", first=True)
+        pool.count_pin("cursor", first=False)
+        pool.count_pin("pinned", first=True)
+        stats = pool.stats()
+    assert stats.pinned == 2
+    assert dict(stats.pins) == dict.fromkeys(PIN_REASONS, 0) | {
+        "transaction": 1,
+        "cursor": 1,
+        "pinned": 1,
+    }
+    assert stats.as_dict()["counters"]["pins"]["cursor"] == 1
