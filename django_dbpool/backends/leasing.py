@@ -320,8 +320,8 @@ class LeasingMixin(_Base):
         if generation != self._dbpool_generation:
             return  # closed twice, or opened in an earlier logical connection
         self._dbpool_cursors -= 1
-        if not self._dbpool_cursors:
-            self._dbpool_release_point()
+        # A release point even with other cursors still open: they pin it (and count).
+        self._dbpool_release_point()
 
     def _dbpool_pin_reason(self) -> str | None:
         """What keeps the current lease past a release point, or None."""
