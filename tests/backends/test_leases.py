@@ -112,9 +112,16 @@ def test_on_commit_callbacks_that_query_run_before_the_lease_ends() -> None:
 
 
 def test_a_failed_transaction_rolls_back_and_gives_the_connection_back() -> None:
-    with pytest.raises(ValueError), transaction.atomic(using=ALIAS):
-        Account.objects.using(ALIAS).create(name="gone")
-        raise ValueError
+    class Failed(Exception):
+        pass
+
+    def failing_transfer() -> None:
+        with transaction.atomic(using=ALIAS):
+            Account.objects.using(ALIAS).create(name="gone")
+            raise Failed
+
+    with pytest.raises(Failed):
+        failing_transfer()
     assert in_use() == 0
     assert not Account.objects.using(ALIAS).exists()
 
