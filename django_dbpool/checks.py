@@ -283,6 +283,46 @@ def _check_transaction_pooling(alias: str, config: Any, reset: bool) -> list[che
     return messages
 
 
+@checks.register(checks.Tags.database)
+def check_leases(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Settings that undo transaction-scoped leases (``POOL["LEASE"] = "transaction"``)."""
+    messages: list[checks.CheckMessage] = []
+    for alias in pooled_aliases():
+        config = settings.DATABASES[alias]
+        try:
+            declared = alias_options(alias, config)
+        except ImproperlyConfigured:
+            continue  # reported as E001
+        if declared.lease != "transaction":
+            continue
+        if declared.reset:
+            messages.append(
+                checks.Warning(
+                    f"DATABASES[{alias!r}] has transaction leases and POOL['RESET']=True: "
+                    "the session is reset each time a connection is given back, that is "
+                    "after every statement and transaction, at a round trip or more each.",
+                    hint="Remove RESET from DATABASES[...]['POOL'] and keep session state "
+                    "inside transactions (SET LOCAL) or django_dbpool.pinned(); or use LEASE "
+                    "'request'.",
+                    id="django_dbpool.W010",
+                )
+            )
+        if config.get("AUTOCOMMIT", True) is False:
+            messages.append(
+                checks.Warning(
+                    f"DATABASES[{alias!r}] has transaction leases and AUTOCOMMIT=False: a "
+                    "transaction is always open, so a connection is held from the first "
+                    "query to the end of the request, as with LEASE 'request'.",
+                    hint="Keep AUTOCOMMIT on (Django's default) and use atomic(), or remove "
+                    "LEASE from DATABASES[...]['POOL'].",
+                    id="django_dbpool.W011",
+                )
+            )
+    return messages
+
+
 @checks.register(checks.Tags.database, deploy=True)
 def check_deployment(
     app_configs: Sequence[Any] | None = None, **kwargs: Any

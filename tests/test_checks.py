@@ -19,6 +19,7 @@ from django_dbpool.checks import (
     check_configuration,
     check_deployment,
     check_django_version,
+    check_leases,
     check_pooled_aliases,
 )
 
@@ -301,3 +302,48 @@ def test_w004_more_connections_than_the_server_allows(monkeypatch: pytest.Monkey
         "Lower MAX_SIZE or the number of workers (WEB_CONCURRENCY), raise the server's "
         "max_connections, or put PgBouncer in front of PostgreSQL."
     )
+
+
+def test_w010_reset_with_transaction_leases() -> None:
+    dbs = databases(default={"ENGINE": PG, "POOL": {"LEASE": "transaction", "RESET": True}})
+    with override_settings(DATABASES=dbs):
+        message = only(check_leases())
+    assert message.id == "django_dbpool.W010"
+    assert isinstance(message, checks.Warning)
+    assert message.msg == (
+        "DATABASES['default'] has transaction leases and POOL['RESET']=True: the session is "
+        "reset each time a connection is given back, that is after every statement and "
+        "transaction, at a round trip or more each."
+    )
+    assert message.hint == (
+        "Remove RESET from DATABASES[...]['POOL'] and keep session state inside "
+        "transactions (SET LOCAL) or django_dbpool.pinned(); or use LEASE 'request'."
+    )
+
+
+def test_w011_autocommit_off_with_transaction_leases() -> None:
+    dbs = databases(
+        default={"ENGINE": MY, "AUTOCOMMIT": False, "OPTIONS": {"pool_lease": "transaction"}}
+    )
+    with override_settings(DATABASES=dbs):
+        message = only(check_leases())
+    assert message.id == "django_dbpool.W011"
+    assert message.msg == (
+        "DATABASES['default'] has transaction leases and AUTOCOMMIT=False: a transaction is "
+        "always open, so a connection is held from the first query to the end of the "
+        "request, as with LEASE 'request'."
+    )
+    assert message.hint == (
+        "Keep AUTOCOMMIT on (Django's default) and use atomic(), or remove LEASE from "
+        "DATABASES[...]['POOL']."
+    )
+
+
+def test_lease_checks_pass_request_leases_and_clean_transaction_leases() -> None:
+    dbs = databases(
+        default={"ENGINE": PG, "POOL": {"RESET": True}},
+        other={"ENGINE": MY, "POOL": {"LEASE": "transaction"}},
+        stock={"ENGINE": "django.db.backends.postgresql", "AUTOCOMMIT": False},
+    )
+    with override_settings(DATABASES=dbs):
+        assert check_leases() == []
