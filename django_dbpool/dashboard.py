@@ -18,10 +18,10 @@ from django.db import connections
 
 from . import snapshots
 from .checks import pooled_aliases
-from .options import pool_options
+from .options import alias_options
 from .serverview import server_view
 
-__all__ = ["COUNTERS", "GAUGES", "REFRESH_SECONDS", "dashboard_data"]
+__all__ = ["COUNTERS", "GAUGES", "LEASES", "REFRESH_SECONDS", "dashboard_data"]
 
 #: How often the page asks for fresh data; processes publish about once a second.
 REFRESH_SECONDS = 2
@@ -39,7 +39,7 @@ GAUGES: tuple[tuple[str, str], ...] = (
     ("size", "Open"),
 )
 #: (path in an alias's document, label, what it counts, format), in page order. Formats:
-#: "count", "rate" (per second) and "seconds" (shown in ms below one second).
+#: "count", "rate" (per second), "seconds" (shown in ms below one second) and "text".
 COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("counters.acquired", "Checkouts", "connections handed out", "count"),
     ("checkouts_per_second", "Checkouts/s", "over the last publication", "rate"),
@@ -59,16 +59,32 @@ COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("counters.closed.reset_failed", "Closed: reset failed", "could not be cleaned", "count"),
     ("counters.closed.shutdown", "Closed: shutdown", "closed with the pool", "count"),
 )
+#: The same for the leases (LEASE; one checkout is one lease), in page order.
+LEASES: tuple[tuple[str, str, str, str], ...] = (
+    ("lease", "Lease", "LEASE: held for a request, or for a statement or transaction", "text"),
+    ("checkouts_per_second", "Leases/s", "checkouts, over the last publication", "rate"),
+    ("hold_mean_seconds", "Hold mean", "how long a lease lasted, on average", "seconds"),
+    ("hold_p99_seconds", "Hold p99", "99% of leases lasted at most this", "seconds"),
+    ("counters.pinned", "Pinned", "leases kept past a statement or transaction", "count"),
+    ("counters.pins.transaction", "Pins: transaction", "a transaction was open", "count"),
+    ("counters.pins.cursor", "Pins: cursor", "a cursor was still open", "count"),
+    ("counters.pins.pinned", "Pins: pinned()", "the code asked for one session", "count"),
+    ("counters.pins.raw_connection", "Pins: raw connection", "the code took the driver's", "count"),
+    ("counters.pins.session_sql", "Pins: session SQL", "a statement changed the session", "count"),
+    ("counters.pins.shared", "Pins: shared", "several threads used the lease", "count"),
+)
 # The only connection settings shown; PASSWORD and OPTIONS are deliberately absent.
 _CONNECTION_SETTINGS = ("ENGINE", "HOST", "PORT", "NAME", "USER")
 
 
 def dashboard_data(*, server: bool = True) -> dict[str, Any]:
     """``{"generated_at", "refresh_seconds", "server_every", "aliases": [{"alias", "vendor",
-    "processes", "gauges", "counters", "checkouts_per_second", "wait_p99_seconds",
-    "per_process", "configuration"}], "servers": [...]}``: per alias, the totals across
-    every publishing process on this host and one row per process; with ``server``, the
-    database's view of its connections once per distinct server (see :func:`server_views`)."""
+    "lease", "processes", "gauges", "counters", "checkouts_per_second", "wait_p99_seconds",
+    "hold_mean_seconds", "hold_p99_seconds", "per_process", "configuration"}], "servers":
+    [...]}``: per alias, the totals across every publishing process on this host and one row
+    per process; with ``server``, the database's view of its connections once per distinct
+    server (see :func:`server_views`). ``lease`` is the processes' LEASE (``"mixed"`` when
+    they differ), else the configured one."""
     documents = snapshots.read_snapshots()
     totals = snapshots.totals(documents)
     configured = pooled_aliases()
@@ -78,17 +94,22 @@ def dashboard_data(*, server: bool = True) -> dict[str, Any]:
     for alias in aliases:
         rows = _per_process(documents, alias, now)
         total = totals.get(alias, {})
+        configuration = _configuration(alias)
+        hold = total.get("histograms", {}).get("hold_seconds", {})
         entries.append(
             {
                 "alias": alias,
                 "vendor": total.get("vendor") or _vendor(alias),
+                "lease": total.get("lease") or configuration["pool"].get("LEASE"),
                 "processes": total.get("processes", 0),
                 "gauges": total.get("gauges", {}),
                 "counters": total.get("counters", {}),
                 "checkouts_per_second": total.get("checkouts_per_second", 0.0),
                 "wait_p99_seconds": _merged_percentile([row["wait_seconds"] for row in rows], 0.99),
+                "hold_mean_seconds": hold["sum"] / hold["count"] if hold.get("count") else None,
+                "hold_p99_seconds": _merged_percentile([row["hold_seconds"] for row in rows], 0.99),
                 "per_process": [_public_row(row) for row in rows],
-                "configuration": _configuration(alias),
+                "configuration": configuration,
             }
         )
     return {
@@ -117,19 +138,22 @@ def _per_process(
                 "started_at": document.get("started_at"),
                 "updated_at": document.get("updated_at"),
                 "age_seconds": max(0.0, now - float(document.get("updated_at") or now)),
+                "lease": entry["lease"],
                 "gauges": stats["gauges"],
                 "counters": stats["counters"],
                 "checkouts_per_second": entry.get("checkouts_per_second") or 0.0,
                 "wait_p99_seconds": entry.get("wait_p99_seconds"),
+                "hold_p99_seconds": entry["hold_p99_seconds"],
                 "wait_seconds": stats["histograms"]["wait_seconds"],
+                "hold_seconds": stats["histograms"]["hold_seconds"],
             }
         )
     return rows
 
 
 def _public_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    # The histogram only feeds the merged percentile; the page shows each process's p99.
-    return {key: value for key, value in row.items() if key != "wait_seconds"}
+    # The histograms only feed the merged percentiles; the page shows each process's p99.
+    return {k: v for k, v in row.items() if k not in ("wait_seconds", "hold_seconds")}
 
 
 def _merged_percentile(histograms: Iterable[Mapping[str, Any]], fraction: float) -> float | None:
@@ -165,7 +189,8 @@ def _configuration(alias: str) -> dict[str, Any]:
         return {"connection": {}, "pool": {}}  # published by a process with other settings
     connection = {key: settings_dict.get(key) or "" for key in _CONNECTION_SETTINGS}
     try:
-        pool: dict[str, Any] = dict(pool_options(alias, settings_dict).as_settings())
+        options = alias_options(alias, settings_dict)
+        pool: dict[str, Any] = {**options.pool.as_settings(), "LEASE": options.lease}
     except ImproperlyConfigured as exc:
         pool = {"error": str(exc)}  # names the option and its value, never a credential
     return {"connection": connection, "pool": pool}
@@ -216,7 +241,7 @@ def _collect(aliases: Sequence[str], results: dict[str, dict[str, Any]]) -> None
 
 def page_context(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The aliases of :func:`dashboard_data` with what the template shows first (the
-    script keeps it current with the same formats): gauge rows, counter rows, process rows."""
+    script keeps it current with the same formats): gauge, counter, lease and process rows."""
     pools = []
     for entry in data["aliases"]:
         gauges = entry["gauges"]
@@ -235,16 +260,8 @@ def page_context(data: Mapping[str, Any]) -> list[dict[str, Any]]:
                     }
                     for key, label in GAUGES
                 ],
-                "counter_rows": [
-                    {
-                        "path": path,
-                        "label": label,
-                        "help": help_text,
-                        "kind": kind,
-                        "text": display(_lookup(entry, path), kind),
-                    }
-                    for path, label, help_text, kind in COUNTERS
-                ],
+                "counter_rows": _figure_rows(entry, COUNTERS),
+                "lease_rows": _figure_rows(entry, LEASES),
                 "process_rows": [
                     {
                         **row,
@@ -257,6 +274,21 @@ def page_context(data: Mapping[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return pools
+
+
+def _figure_rows(
+    entry: Mapping[str, Any], table: Sequence[tuple[str, str, str, str]]
+) -> list[dict[str, str]]:
+    return [
+        {
+            "path": path,
+            "label": label,
+            "help": help_text,
+            "kind": kind,
+            "text": display(_lookup(entry, path), kind),
+        }
+        for path, label, help_text, kind in table
+    ]
 
 
 def _lookup(document: Mapping[str, Any], path: str) -> Any:
@@ -282,9 +314,12 @@ def gauge_level(key: str, value: int, maximum: int) -> str:
 
 
 def display(value: Any, kind: str) -> str:
-    """A value as the page shows it: ``count`` 12, ``rate`` 3.4, ``seconds`` 2.5 ms."""
+    """A value as the page shows it: ``count`` 12, ``rate`` 3.4, ``seconds`` 2.5 ms,
+    ``text`` as it is."""
     if value is None:
         return "-"
+    if kind == "text":
+        return str(value)
     if kind == "rate":
         return f"{float(value):.1f}"
     if kind == "seconds":

@@ -40,6 +40,9 @@ GAUGES = {
     "django_dbpool_max_connections": "MAX_SIZE of the pool: the bound on its connections.",
     "django_dbpool_waiting_callers": "Callers waiting for a connection.",
     "django_dbpool_processes": "Processes on this host with a pool for the alias.",
+    "django_dbpool_lease_mode": (
+        "Processes on this host with a pool for the alias, by its LEASE (request, transaction)."
+    ),
 }
 COUNTERS = {
     # metric name (without _total): (help, counter key in a snapshot)
@@ -51,8 +54,18 @@ COUNTERS = {
     "django_dbpool_connect_errors": ("Failed connects.", "connect_errors"),
     "django_dbpool_leaks": ("Connections held past LEAK_TIMEOUT.", "leaks"),
     "django_dbpool_orphans": ("Connections reclaimed from exited threads.", "orphans_reclaimed"),
+    "django_dbpool_pinned_leases": (
+        "Transaction leases held past the end of their statement or transaction.",
+        "pinned",
+    ),
 }
 CLOSED = "django_dbpool_connections_closed"
+PINS = "django_dbpool_lease_pins"
+BY_REASON = {
+    # metric name (without _total): (help, counter key in a snapshot: a mapping by reason)
+    CLOSED: ("Physical connections closed, by reason.", "closed"),
+    PINS: ("Pinned leases, by what held them (a lease counts once per reason).", "pins"),
+}
 HISTOGRAMS = {
     "django_dbpool_acquire_wait_seconds": ("Time callers waited for a connection.", "wait_seconds"),
     "django_dbpool_hold_seconds": ("Time connections were held by their borrower.", "hold_seconds"),
@@ -124,13 +137,19 @@ class PoolCollector:
         processes = GaugeMetricFamily(
             "django_dbpool_processes", GAUGES["django_dbpool_processes"], labels=LABELS
         )
+        lease_mode = GaugeMetricFamily(
+            "django_dbpool_lease_mode",
+            GAUGES["django_dbpool_lease_mode"],
+            labels=[*LABELS, "mode"],
+        )
         counters = {
             name: CounterMetricFamily(name, help_text, labels=LABELS)
             for name, (help_text, _) in COUNTERS.items()
         }
-        closed = CounterMetricFamily(
-            CLOSED, "Physical connections closed, by reason.", labels=[*LABELS, "reason"]
-        )
+        by_reason = {
+            name: CounterMetricFamily(name, help_text, labels=[*LABELS, "reason"])
+            for name, (help_text, _) in BY_REASON.items()
+        }
         histograms = {
             name: HistogramMetricFamily(name, help_text, labels=LABELS)
             for name, (help_text, _) in HISTOGRAMS.items()
@@ -143,10 +162,13 @@ class PoolCollector:
             maximum.add_metric(labels, gauges["max_size"])
             waiting.add_metric(labels, gauges["waiting"])
             processes.add_metric(labels, data["processes"])
+            for mode, count in sorted(data["leases"].items()):
+                lease_mode.add_metric([*labels, mode], count)
             for name, (_, key) in COUNTERS.items():
                 counters[name].add_metric(labels, data["counters"][key])
-            for reason, count in sorted(data["counters"]["closed"].items()):
-                closed.add_metric([*labels, reason], count)
+            for name, (_, key) in BY_REASON.items():
+                for reason, count in sorted(data["counters"][key].items()):
+                    by_reason[name].add_metric([*labels, reason], count)
             for name, (_, key) in HISTOGRAMS.items():
                 histogram = data["histograms"][key]
                 histograms[name].add_metric(
@@ -159,8 +181,9 @@ class PoolCollector:
             maximum,
             waiting,
             processes,
+            lease_mode,
             *counters.values(),
-            closed,
+            *by_reason.values(),
             *histograms.values(),
         )
 
@@ -170,7 +193,8 @@ def _le_order(item: tuple[Any, ...]) -> float:
 
 
 def _aggregate(snapshots: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Sum gauges, counters and histogram buckets per (alias, vendor) across processes."""
+    """Sum gauges, counters (those by reason per reason) and histogram buckets per (alias,
+    vendor) across processes, and count the processes per lease mode."""
     result: dict[tuple[str, str], dict[str, Any]] = {}
     for document in snapshots:
         for alias, entry in document.get("pools", {}).items():
@@ -178,17 +202,23 @@ def _aggregate(snapshots: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], 
             stats = entry["stats"]
             data = result.setdefault(
                 key,
-                {"processes": 0, "gauges": {}, "counters": {"closed": {}}, "histograms": {}},
+                {
+                    "processes": 0,
+                    "leases": {},
+                    "gauges": {},
+                    "counters": {field: {} for _, field in BY_REASON.values()},
+                    "histograms": {},
+                },
             )
             data["processes"] += 1
+            data["leases"][entry["lease"]] = data["leases"].get(entry["lease"], 0) + 1
             for name, value in stats["gauges"].items():
                 data["gauges"][name] = data["gauges"].get(name, 0) + int(value)
             for name, value in stats["counters"].items():
-                if name == "closed":
+                if isinstance(value, dict):
+                    summed = data["counters"].setdefault(name, {})
                     for reason, count in value.items():
-                        data["counters"]["closed"][reason] = (
-                            data["counters"]["closed"].get(reason, 0) + count
-                        )
+                        summed[reason] = summed.get(reason, 0) + count
                 else:
                     data["counters"][name] = data["counters"].get(name, 0) + value
             for name, histogram in stats["histograms"].items():
@@ -230,12 +260,17 @@ def _multiprocess_metrics(prometheus_client: Any) -> dict[str, Any]:
             LABELS,
             multiprocess_mode="livesum",
         ),
-        CLOSED: prometheus_client.Counter(
-            CLOSED, "Physical connections closed, by reason.", [*LABELS, "reason"]
+        "django_dbpool_lease_mode": prometheus_client.Gauge(
+            "django_dbpool_lease_mode",
+            GAUGES["django_dbpool_lease_mode"],
+            [*LABELS, "mode"],
+            multiprocess_mode="livesum",
         ),
     }
     for name, (help_text, _) in COUNTERS.items():
         metrics[name] = prometheus_client.Counter(name, help_text, LABELS)
+    for name, (help_text, _) in BY_REASON.items():
+        metrics[name] = prometheus_client.Counter(name, help_text, [*LABELS, "reason"])
     for name, (help_text, _) in HISTOGRAMS.items():
         metrics[name] = prometheus_client.Histogram(
             name, help_text, LABELS, buckets=BUCKETS_SECONDS
@@ -243,8 +278,8 @@ def _multiprocess_metrics(prometheus_client: Any) -> dict[str, Any]:
     return metrics
 
 
-def update_multiprocess(alias: str, vendor: str, stats: Mapping[str, Any]) -> None:
-    """Called by the publisher with this process's snapshot of one pool."""
+def update_multiprocess(alias: str, vendor: str, stats: Mapping[str, Any], lease: str) -> None:
+    """Called by the publisher with this process's snapshot of one pool and its LEASE."""
     metrics = _multiprocess
     if metrics is None:
         return
@@ -256,14 +291,18 @@ def update_multiprocess(alias: str, vendor: str, stats: Mapping[str, Any]) -> No
     metrics["django_dbpool_processes"].labels(alias, vendor).set(1)
     key = (alias, str(os.getpid()))
     before = _previous.get(key, {})
+    if before.get("lease", lease) != lease:  # the alias's pool was replaced with new settings
+        metrics["django_dbpool_lease_mode"].labels(alias, vendor, before["lease"]).set(0)
+    metrics["django_dbpool_lease_mode"].labels(alias, vendor, lease).set(1)
     for name, (_, field) in COUNTERS.items():
         delta = counters[field] - before.get(field, 0)
         if delta > 0:
             metrics[name].labels(alias, vendor).inc(delta)
-    for reason, count in counters["closed"].items():
-        delta = count - before.get(f"closed:{reason}", 0)
-        if delta > 0:
-            metrics[CLOSED].labels(alias, vendor, reason).inc(delta)
+    for name, (_, field) in BY_REASON.items():
+        for reason, count in counters[field].items():
+            delta = count - before.get(f"{field}:{reason}", 0)
+            if delta > 0:
+                metrics[name].labels(alias, vendor, reason).inc(delta)
     for name, (_, field) in HISTOGRAMS.items():
         _add_histogram(
             metrics[name].labels(alias, vendor),
@@ -271,7 +310,9 @@ def update_multiprocess(alias: str, vendor: str, stats: Mapping[str, Any]) -> No
             before.get(f"hist:{field}"),
         )
     remembered: dict[str, Any] = {field: counters[field] for _, field in COUNTERS.values()}
-    remembered.update({f"closed:{r}": c for r, c in counters["closed"].items()})
+    for _, field in BY_REASON.values():
+        remembered.update({f"{field}:{r}": c for r, c in counters[field].items()})
+    remembered["lease"] = lease
     remembered.update({f"hist:{f}": stats["histograms"][f] for _, f in HISTOGRAMS.values()})
     _previous[key] = remembered
 

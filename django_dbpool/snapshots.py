@@ -15,8 +15,8 @@ process says why. Files are opened without following symbolic links, and a file 
 a well-formed snapshot is skipped with a warning naming it: no reader crashes on one.
 
 A process's file: ``{"pid", "host", "process", "started_at", "updated_at", "interval",
-"pools": {alias: {"vendor", "stats" (PoolStats.as_dict()), "checkouts_per_second",
-"wait_p99_seconds", "options"}}}``.
+"pools": {alias: {"vendor", "lease" (the alias's LEASE), "stats" (PoolStats.as_dict()),
+"checkouts_per_second", "wait_p99_seconds", "hold_p99_seconds", "options"}}}``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 from django.conf import settings
 
 from .pool import PoolStats
-from .pool.stats import CLOSE_REASONS, COUNTERS, GAUGES, HISTOGRAMS, Histogram
+from .pool.stats import CLOSE_REASONS, COUNTERS, GAUGES, HISTOGRAMS, PIN_REASONS, Histogram
 
 __all__ = [
     "check_stats_dir",
@@ -243,28 +243,27 @@ def publish_now(directory: Path | None = None) -> Path | None:
     """Write this process's snapshot now, in ``directory`` (default: where this process
     publishes); returns its path. None without pools, or when the directory is refused
     (see :func:`check_stats_dir`; that is logged once per process, not raised)."""
-    from .backends.base import pools
+    from .backends.base import described_pools
     from .conf import app_settings
 
-    current = pools()
+    current = described_pools()
     if not current:
         return None
-    from django.db import connections
-
     now = time.time()
     entries: dict[str, Any] = {}
     from .metrics import update_multiprocess
 
-    for alias, pool in current.items():
+    for alias, (pool, vendor, lease) in current.items():
         stats = pool.stats()
-        vendor = connections[alias].vendor
         as_dict = stats.as_dict()
-        update_multiprocess(alias, vendor, as_dict)
+        update_multiprocess(alias, vendor, as_dict, lease)
         entries[alias] = {
             "vendor": vendor,
+            "lease": lease,
             "stats": as_dict,
             "checkouts_per_second": _rate(alias, now, stats.acquired),
             "wait_p99_seconds": percentile(stats, "wait_seconds", 0.99),
+            "hold_p99_seconds": percentile(stats, "hold_seconds", 0.99),
             "options": pool.options.as_settings(),
         }
     document = {
@@ -540,17 +539,20 @@ _HISTOGRAM = {
 }
 _POOL = {
     "vendor": _text(64),
+    "lease": _text(64),  # any word: a newer release's mode is shown, not refused
     "stats": {
         "name": _text(200),
         "gauges": {name: _flag if name == "unavailable_now" else _count for name in GAUGES},
         "counters": {
             **dict.fromkeys(COUNTERS, _count),
             "closed": dict.fromkeys(CLOSE_REASONS, _count),
+            "pins": dict.fromkeys(PIN_REASONS, _count),
         },
         "histograms": dict.fromkeys(HISTOGRAMS, _histogram),
     },
     "checkouts_per_second": _number,
     "wait_p99_seconds": _number_or_none,
+    "hold_p99_seconds": _number_or_none,
     "options": _options,
 }
 _SCHEMA = {
@@ -577,7 +579,8 @@ def _alive(pid: int) -> bool:
 
 
 def totals(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per alias, across processes: summed gauges and counters, and the process count."""
+    """Per alias, across processes: summed gauges and counters, the process count, the lease
+    mode (``"mixed"`` when processes differ), and each histogram's summed count and sum."""
     result: dict[str, dict[str, Any]] = {}
     for document in snapshots:
         for alias, entry in document.get("pools", {}).items():
@@ -585,15 +588,23 @@ def totals(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
                 alias,
                 {
                     "vendor": entry.get("vendor"),
+                    "lease": entry["lease"],
                     "processes": 0,
                     "gauges": {},
                     "counters": {},
+                    "histograms": {},
                     "checkouts_per_second": 0.0,
                 },
             )
             total["processes"] += 1
             total["checkouts_per_second"] += entry.get("checkouts_per_second") or 0.0
+            if total["lease"] != entry["lease"]:
+                total["lease"] = "mixed"
             stats = entry["stats"]
+            for name, histogram in stats["histograms"].items():
+                summed = total["histograms"].setdefault(name, {"count": 0, "sum": 0.0})
+                summed["count"] += histogram["count"]
+                summed["sum"] += histogram["sum"]
             for name, value in stats["gauges"].items():
                 total["gauges"][name] = total["gauges"].get(name, 0) + int(value)
             for name, value in stats["counters"].items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -19,13 +20,14 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.db import connections
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import NoReverseMatch, reverse
 
 from django_dbpool import snapshots
 from django_dbpool.checks import pooled_aliases
-from django_dbpool.dashboard import _merged_percentile
+from django_dbpool.dashboard import _merged_percentile, display
 from tests import processes
+from tests.test_poolstats import write_lease_documents
 
 DASHBOARD = "admin:django_dbpool_connectionpool_changelist"
 DATA = "admin:django_dbpool_connectionpool_data"
@@ -115,11 +117,14 @@ def test_json_totals_every_process_and_adds_the_server_view(
     assert set(default) == {
         "alias",
         "vendor",
+        "lease",
         "processes",
         "gauges",
         "counters",
         "checkouts_per_second",
         "wait_p99_seconds",
+        "hold_mean_seconds",
+        "hold_p99_seconds",
         "per_process",
         "configuration",
     }
@@ -135,6 +140,15 @@ def test_json_totals_every_process_and_adds_the_server_view(
     assert default["gauges"]["waiting"] == ours["gauges"]["waiting"] + 1
     assert default["gauges"]["max_size"] == 2 * settings.DATABASES["default"]["POOL"]["MAX_SIZE"]
     assert default["counters"]["acquired"] == 2 * other["counters"]["acquired"] >= 2
+    # Both processes lend default's connections per request (its LEASE is the default one).
+    assert default["lease"] == "request"
+    assert [row["lease"] for row in default["per_process"]] == ["request", "request"]
+    hold = other["histograms"]["hold_seconds"]
+    assert default["hold_mean_seconds"] == hold["sum"] / hold["count"]
+    assert ours["hold_p99_seconds"] == published["pools"]["default"]["hold_p99_seconds"] > 0
+    assert default["counters"]["pins"] == {
+        reason: 2 * count for reason, count in other["counters"]["pins"].items()
+    }
     assert default["configuration"]["pool"]["MAX_SIZE"] == 4
     assert set(default["configuration"]["connection"]) == {"ENGINE", "HOST", "PORT", "NAME", "USER"}
 
@@ -152,6 +166,77 @@ def test_json_totals_every_process_and_adds_the_server_view(
     light = admin_client.get(reverse(DATA) + "?server=0").json()
     assert light["servers"] == []
     assert [entry["alias"] for entry in light["aliases"]] == pooled_aliases()
+
+
+def _section(page: str, alias: str) -> str:
+    start = page.index(f'data-dbpool-alias="{alias}"')
+    end = page.find("data-dbpool-alias=", start + 1)
+    return page[start : end if end >= 0 else len(page)]
+
+
+def test_leases_of_every_process_in_the_json_and_on_the_page(
+    admin_client: Client, tmp_path: Path
+) -> None:
+    directory = tmp_path / "stats"
+    write_lease_documents(directory)  # two processes with transaction leases, one request
+    with override_settings(DBPOOL_STATS_DIR=str(directory)):
+        data = admin_client.get(reverse(DATA) + "?server=0").json()
+        page = admin_client.get(reverse(DASHBOARD)).content.decode()
+    default, *others = data["aliases"]
+    assert default["alias"] == "default"
+    assert default["lease"] == "mixed"
+    assert default["checkouts_per_second"] == 4.0
+    assert default["hold_mean_seconds"] == (0.125 + 0.375 + 0.5) / 3
+    assert default["hold_p99_seconds"] == 0.5
+    assert default["counters"]["pinned"] == 3
+    assert default["counters"]["pins"] == {
+        "transaction": 1,
+        "cursor": 3,
+        "pinned": 0,
+        "raw_connection": 0,
+        "session_sql": 1,
+        "shared": 0,
+    }
+    rows = default["per_process"]
+    assert [
+        (row["pid"], row["lease"], row["hold_p99_seconds"], row["counters"]["pinned"])
+        for row in rows
+    ] == [
+        (424242, "transaction", 0.375, 2),
+        (434343, "transaction", 0.5, 1),
+        (444444, "request", None, 0),
+    ]
+    assert all("hold_seconds" not in row for row in rows)  # only the merged p99 needs it
+    # An alias no process has opened shows its configured LEASE.
+    for entry in others:
+        pool = settings.DATABASES[entry["alias"]].get("POOL", {})
+        assert entry["lease"] == pool.get("LEASE", "request")
+        assert entry["hold_mean_seconds"] is None
+        assert entry["hold_p99_seconds"] is None
+
+    shown = _section(page, "default")
+    for path, kind, text in [
+        ("lease", "text", "mixed"),
+        ("checkouts_per_second", "rate", "4.0"),
+        ("hold_mean_seconds", "seconds", "333.3 ms"),
+        ("hold_p99_seconds", "seconds", "500.0 ms"),
+        ("counters.pinned", "count", "3"),
+        ("counters.pins.transaction", "count", "1"),
+        ("counters.pins.cursor", "count", "3"),
+        ("counters.pins.pinned", "count", "0"),
+        ("counters.pins.raw_connection", "count", "0"),
+        ("counters.pins.session_sql", "count", "1"),
+        ("counters.pins.shared", "count", "0"),
+    ]:
+        cell = f'<dd class="dbpool-num" data-dbpool-value="{path}" data-dbpool-format="{kind}">'
+        assert f"{cell}{text}</dd>" in shown, path
+    assert '<dt title="a cursor was still open">Pins: cursor</dt>' in shown
+    # Each process's row says its lease (hold p99 and pins per process: in the JSON).
+    for pid, lease in [(424242, "transaction"), (434343, "transaction"), (444444, "request")]:
+        assert (
+            f'<td class="dbpool-num">{pid}</td><td><code>gunicorn example_project.wsgi</code></td>'
+            f"<td>{lease}</td>" in shown
+        )
 
 
 def test_never_a_password(admin_client: Client, published: dict[str, Any]) -> None:
@@ -203,6 +288,14 @@ def test_wait_percentile_merges_the_processes_histograms() -> None:
     assert _merged_percentile([fast, slow], 0.99) == 0.005
     assert _merged_percentile([fast, slow], 1.0) == 0.08  # capped at the largest wait seen
     assert _merged_percentile([], 0.99) is None
+
+
+def test_display_formats() -> None:
+    assert display("transaction", "text") == "transaction"
+    assert display(None, "text") == "-"
+    assert display(1 / 3, "seconds") == "333.3 ms"
+    assert display(2.5, "rate") == "2.5"
+    assert display(3, "count") == "3"
 
 
 # -- in a real browser, against the example project under gunicorn ---------------------------
@@ -326,6 +419,14 @@ def _look_and_refuse(
         arg=f"{alias} [data-dbpool-processes] tr",
     )
     assert _value(page, f'{alias} [data-dbpool-value="processes"]') == "2"
+    # The script keeps the leases current too, in the page's own formats.
+    assert _value(page, f'{alias} [data-dbpool-value="lease"]') == "request"
+    hold_p99 = _value(page, f'{alias} [data-dbpool-value="hold_p99_seconds"]')
+    assert re.fullmatch(r"\d+\.\d ms|\d+\.\d\d s", hold_p99), hold_p99
+    assert _value(page, f'{alias} [data-dbpool-value="counters.pinned"]') == "0"
+    cells = page.locator(f"{alias} [data-dbpool-processes] tr").first.locator("td")
+    assert cells.count() == 13
+    assert cells.nth(2).text_content() == "request"
     assert "Unavailable" not in _value(page, "[data-dbpool-server-summary]")
     # A few more samples, so that the chart in the screenshot has a shape.
     page.wait_for_function(

@@ -14,7 +14,7 @@ from django_dbpool import shutdown
 from tests.conftest import holding_every_connection, wsgi_get
 
 TOKEN = "health-token-0123456789abcdef"
-ALIASES = ["default", "small", "reset"]
+ALIASES = ["default", "small", "reset", "lease"]
 
 
 @pytest.fixture(autouse=True)

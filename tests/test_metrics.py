@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import types
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import pytest
 from django.db import connection, connections
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from django_dbpool import snapshots
+from django_dbpool import metrics, snapshots
 from tests.conftest import wsgi_get
+from tests.test_poolstats import write_lease_documents
 from tests.test_stats_dir import snapshot_document, write
 
 
@@ -64,8 +68,11 @@ def test_query_errors_are_counted_by_type() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_pool_series_match_the_pool() -> None:
     wsgi_get("/probe/session/")
+    pool = connections["default"].pool
+    pool.count_pin("cursor", first=True)
+    pool.count_pin("session_sql", first=False)
     snapshots.publish_now()
-    stats = connections["default"].pool.stats()
+    stats = pool.stats()
     labels = {"alias": "default", "vendor": connection.vendor}
     assert sample("django_dbpool_max_connections", **labels) == stats.max_size
     assert sample("django_dbpool_processes", **labels) == 1
@@ -76,6 +83,20 @@ def test_pool_series_match_the_pool() -> None:
     assert sample("django_dbpool_hold_seconds_bucket", le="+Inf", **labels) == (
         stats.hold_seconds.count
     )
+    # The alias's LEASE (the default: request), and the pins counted on its pool.
+    assert sample("django_dbpool_lease_mode", mode="request", **labels) == 1
+    assert (
+        REGISTRY.get_sample_value("django_dbpool_lease_mode", {**labels, "mode": "transaction"})
+        is None
+    )
+    assert sample("django_dbpool_pinned_leases_total", **labels) == stats.pinned >= 1
+    for reason in ("cursor", "session_sql", "shared"):
+        assert (
+            sample("django_dbpool_lease_pins_total", reason=reason, **labels)
+            == (stats.pins[reason])
+        )
+    assert stats.pins["cursor"] >= 1
+    assert stats.pins["session_sql"] >= 1
     text = generate_latest(REGISTRY).decode()
     names = series(text)
     assert len(names) == len(set(names))  # no duplicate series
@@ -96,6 +117,77 @@ def test_a_bad_snapshot_is_skipped_and_the_scrape_still_answers(
     labels = 'alias="default",vendor="postgresql"'
     assert f"django_dbpool_processes{{{labels}}} 1.0" in text
     assert f"django_dbpool_checkouts_total{{{labels}}} 1.0" in text
+
+
+def test_lease_series_sum_every_process(tmp_path: Path, settings: Any) -> None:
+    directory = tmp_path / "stats"
+    write_lease_documents(directory)
+    settings.DBPOOL_STATS_DIR = str(directory)
+    text = generate_latest(REGISTRY).decode()
+    lines = [line for line in text.splitlines() if "_lease" in line or "_pinned" in line]
+    assert lines == [
+        "# HELP django_dbpool_lease_mode Processes on this host with a pool for the alias, by "
+        "its LEASE (request, transaction).",
+        "# TYPE django_dbpool_lease_mode gauge",
+        'django_dbpool_lease_mode{alias="default",mode="request",vendor="postgresql"} 1.0',
+        'django_dbpool_lease_mode{alias="default",mode="transaction",vendor="postgresql"} 2.0',
+        "# HELP django_dbpool_pinned_leases_total Transaction leases held past the end of their "
+        "statement or transaction.",
+        "# TYPE django_dbpool_pinned_leases_total counter",
+        'django_dbpool_pinned_leases_total{alias="default",vendor="postgresql"} 3.0',
+        "# HELP django_dbpool_lease_pins_total Pinned leases, by what held them (a lease counts "
+        "once per reason).",
+        "# TYPE django_dbpool_lease_pins_total counter",
+        'django_dbpool_lease_pins_total{alias="default",reason="cursor",vendor="postgresql"} 3.0',
+        'django_dbpool_lease_pins_total{alias="default",reason="pinned",vendor="postgresql"} 0.0',
+        'django_dbpool_lease_pins_total{alias="default",reason="raw_connection",vendor="postgresql"}'
+        " 0.0",
+        'django_dbpool_lease_pins_total{alias="default",reason="session_sql",vendor="postgresql"}'
+        " 1.0",
+        'django_dbpool_lease_pins_total{alias="default",reason="shared",vendor="postgresql"} 0.0',
+        'django_dbpool_lease_pins_total{alias="default",reason="transaction",vendor="postgresql"}'
+        " 1.0",
+    ]
+    # The hold times of the three processes, in the existing histogram: 0.125, 0.375, 0.5 s.
+    labels = {"alias": "default", "vendor": "postgresql"}
+    assert sample("django_dbpool_hold_seconds_count", **labels) == 3
+    assert sample("django_dbpool_hold_seconds_sum", **labels) == 1.0
+    assert sample("django_dbpool_hold_seconds_bucket", le="0.25", **labels) == 1
+    assert sample("django_dbpool_hold_seconds_bucket", le="0.5", **labels) == 3
+    assert sample("django_dbpool_checkouts_total", **labels) == 3
+
+
+def test_multiprocess_mode_adds_what_each_publication_added(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = CollectorRegistry()
+    client = types.SimpleNamespace(
+        Gauge=functools.partial(prometheus_client.Gauge, registry=registry),
+        Counter=functools.partial(prometheus_client.Counter, registry=registry),
+        Histogram=functools.partial(prometheus_client.Histogram, registry=registry),
+    )
+    monkeypatch.setattr(metrics, "_multiprocess", metrics._multiprocess_metrics(client))
+    monkeypatch.setattr(metrics, "_previous", {})
+    stats = snapshot_document()["pools"]["default"]["stats"]
+    labels = {"alias": "default", "vendor": "postgresql"}
+
+    def value(name: str, **more: str) -> float | None:
+        return registry.get_sample_value(name, {**labels, **more})
+
+    stats["counters"].update(pinned=2, pins={**stats["counters"]["pins"], "cursor": 2})
+    metrics.update_multiprocess("default", "postgresql", stats, "transaction")
+    stats["counters"].update(pinned=3, pins={**stats["counters"]["pins"], "shared": 1})
+    metrics.update_multiprocess("default", "postgresql", stats, "transaction")
+    assert value("django_dbpool_pinned_leases_total") == 3
+    assert value("django_dbpool_lease_pins_total", reason="cursor") == 2
+    assert value("django_dbpool_lease_pins_total", reason="shared") == 1
+    assert value("django_dbpool_lease_pins_total", reason="transaction") is None  # never counted
+    assert value("django_dbpool_lease_mode", mode="transaction") == 1
+    # The alias's pool replaced with other settings: the process counts under its new LEASE.
+    metrics.update_multiprocess("default", "postgresql", stats, "request")
+    assert value("django_dbpool_lease_mode", mode="transaction") == 0
+    assert value("django_dbpool_lease_mode", mode="request") == 1
+    assert value("django_dbpool_pinned_leases_total") == 3
 
 
 def test_metrics_view_is_served() -> None:

@@ -9,13 +9,18 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 
+from django_dbpool import snapshots
 from tests import processes
+from tests.pool.fakes import FakeClock, closing, make_pool
 from tests.test_stats_dir import snapshot_document, write
 
 
@@ -49,6 +54,45 @@ def metric_samples(text: str) -> dict[str, float]:
             assert name not in samples, f"duplicate series {name}"
             samples[name] = float(value)
     return samples
+
+
+def lease_document(
+    pid: int,
+    lease: str,
+    holds: Sequence[float],
+    pins: Sequence[tuple[str, bool]] = (),
+    rate: float = 0.0,
+) -> dict[str, Any]:
+    """A snapshot of a process on another host whose ``default`` pool lent a connection for
+    each of ``holds`` seconds (on a fake clock) and counted ``pins`` ((reason, first) each)."""
+    clock = FakeClock()
+    pool, _ = make_pool(clock=clock, MAX_SIZE=4)
+    with closing(pool):
+        for seconds in holds:
+            with pool.connection():
+                clock.advance(seconds)
+        for reason, first in pins:
+            pool.count_pin(reason, first=first)
+        stats = pool.stats()
+    document = snapshot_document(pid)
+    document["pools"]["default"].update(
+        lease=lease,
+        stats=stats.as_dict(),
+        checkouts_per_second=rate,
+        hold_p99_seconds=snapshots.percentile(stats, "hold_seconds", 0.99),
+    )
+    return document
+
+
+def write_lease_documents(directory: Path) -> None:
+    """Three processes: two with transaction leases that were pinned, one with request
+    leases that lent nothing yet."""
+    directory.mkdir(mode=0o700)
+    pins_a = [("transaction", True), ("cursor", False), ("cursor", True)]
+    write(directory, lease_document(424242, "transaction", [0.125, 0.375], pins_a, rate=2.5))
+    pins_b = [("cursor", True), ("session_sql", False)]
+    write(directory, lease_document(434343, "transaction", [0.5], pins_b, rate=1.5))
+    write(directory, lease_document(444444, "request", []))
 
 
 def test_poolstats_without_publishers_says_where_it_looked(
@@ -89,6 +133,54 @@ def test_poolstats_prints_no_control_characters_from_a_snapshot(
         assert all(c == "\n" or c.isprintable() for c in shown[args]), shown[args]
     # Escaped, not dropped: the odd alias is still there to be noticed.
     assert "evil\\x1b]0;owned\\x07\\x1b[2J\\x9b\\u202e" in shown[()]
+
+
+def test_poolstats_shows_each_lease_mode_hold_times_and_pins(
+    tmp_path: Path, settings: object
+) -> None:
+    directory = tmp_path / "stats"
+    write_lease_documents(directory)
+    settings.DBPOOL_STATS_DIR = str(directory)  # type: ignore[attr-defined]
+    out = io.StringIO()
+    call_command("poolstats", stdout=out)
+    lines = out.getvalue().splitlines()
+    start = lines.index("Leases per process, and totals per alias")
+    assert lines[start + 1 :] == [
+        "     pid     alias       lease leases/s hold mean hold p99 pinned  pins",
+        "  424242   default transaction      2.5   250.0ms  375.0ms      2"
+        "  transaction 1, cursor 2",
+        "  434343   default transaction      1.5   500.0ms  500.0ms      1"
+        "  cursor 1, session_sql 1",
+        "  444444   default     request      0.0         -        -      0  -",
+        "  3 proc   default       mixed      4.0   333.3ms               3"
+        "  transaction 1, cursor 3, session_sql 1",
+    ]
+
+    out = io.StringIO()
+    call_command("poolstats", "--json", stdout=out)
+    report = json.loads(out.getvalue())
+    total = report["totals"]["default"]
+    assert total["lease"] == "mixed"
+    assert total["histograms"]["hold_seconds"] == {"count": 3, "sum": 1.0}
+    assert total["counters"]["pinned"] == 3
+    assert total["counters"]["pins"] == {
+        "transaction": 1,
+        "cursor": 3,
+        "pinned": 0,
+        "raw_connection": 0,
+        "session_sql": 1,
+        "shared": 0,
+    }
+    assert [p["pools"]["default"]["lease"] for p in report["processes"]] == [
+        "transaction",
+        "transaction",
+        "request",
+    ]
+    assert [p["pools"]["default"]["hold_p99_seconds"] for p in report["processes"]] == [
+        0.375,
+        0.5,
+        None,
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -136,6 +228,12 @@ def test_two_workers_poolstats_metrics_and_server_view(tmp_path: Path) -> None:
         assert all(n > 0 for n in acquired)  # both workers served requests
         assert total["gauges"]["max_size"] == 20
         assert total["processes"] == 2
+        # The example project lends connections per request: one lease per checkout, never
+        # pinned, each hold time in the histogram.
+        assert total["lease"] == "request"
+        assert [w["pools"]["default"]["lease"] for w in workers] == ["request", "request"]
+        assert total["counters"]["pinned"] == 0
+        assert total["histograms"]["hold_seconds"]["count"] == sum(acquired)
 
         # Any worker's /metrics reports both, once each, in line with poolstats.
         for _ in range(2):
@@ -146,6 +244,11 @@ def test_two_workers_poolstats_metrics_and_server_view(tmp_path: Path) -> None:
             assert samples[f"django_dbpool_processes{{{labels}}}"] == 2
             assert samples[f"django_dbpool_max_connections{{{labels}}}"] == 20
             assert samples[f"django_dbpool_checkouts_total{{{labels}}}"] == sum(acquired)
+            mode = f'alias="default",mode="request",vendor="{vendor}"'  # labels sorted by name
+            assert samples[f"django_dbpool_lease_mode{{{mode}}}"] == 2
+            assert samples[f"django_dbpool_pinned_leases_total{{{labels}}}"] == 0
+            reason = f'alias="default",reason="cursor",vendor="{vendor}"'
+            assert samples[f"django_dbpool_lease_pins_total{{{reason}}}"] == 0
 
         # The server's view, while a slow report runs: the app's connection by its tag.
         slow = threading.Thread(
@@ -202,6 +305,9 @@ def test_metrics_in_django_prometheus_multiprocess_mode(tmp_path: Path) -> None:
     assert checkouts
     assert checkouts[0] > 0
     assert any(n.startswith("django_db_execute_total{") for n in samples)
+    # Each live worker counts once under its LEASE (livesum).
+    mode = f'alias="default",mode="request",vendor="{connection.vendor}"'
+    assert samples[f"django_dbpool_lease_mode{{{mode}}}"] == 2
 
 
 @pytest.mark.django_db(transaction=True)

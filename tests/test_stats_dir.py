@@ -46,9 +46,11 @@ def snapshot_document(pid: int = 424242, alias: str = "default") -> dict[str, An
         "pools": {
             alias: {
                 "vendor": "postgresql",
+                "lease": "request",
                 "stats": stats.as_dict(),
                 "checkouts_per_second": 2.5,
                 "wait_p99_seconds": None,
+                "hold_p99_seconds": None,
                 "options": pool.options.as_settings(),
             }
         },

@@ -42,7 +42,7 @@ from .leasing import LeasingMixin, lease_cursor_mixin
 
 __all__ = [
     "PooledWrapperMixin",
-    "lease_modes",
+    "described_pools",
     "pools",
     "shutdown_socket",
     "stop_watching",
@@ -82,6 +82,7 @@ class _Entry(NamedTuple):
     params: dict[str, Any]
     #: The alias's validated POOL options (LEASE, SESSION_SQL, ...).
     alias_options: AliasOptions
+    vendor: str
 
 
 # One pool per alias per process, shared by the wrappers of every thread; replaced when the
@@ -516,6 +517,7 @@ class PooledWrapperMixin(LeasingMixin):
             new_pool,
             self._dbpool_connection_params(),
             options,
+            self.vendor,
         )
         with _pools_lock:
             current = _pools.get(self.alias)
@@ -701,10 +703,20 @@ def take_all_pools() -> dict[str, Pool[Any]]:
     return {alias: entry.pool for alias, entry in entries.items()}
 
 
-def lease_modes() -> dict[str, str]:
-    """The ``LEASE`` option of each open pool's alias (``"request"`` or ``"transaction"``)."""
+class DescribedPool(NamedTuple):
+    pool: Pool[Any]
+    vendor: str  # "postgresql" or "mysql"
+    lease: str  # the alias's LEASE: "request" or "transaction"
+
+
+def described_pools() -> dict[str, DescribedPool]:
+    """The open pools of this process by alias, with their vendor and ``LEASE``; read from
+    the pools themselves, so also for wrappers of aliases that ``DATABASES`` does not have."""
     with _pools_lock:
-        return {alias: entry.alias_options.lease for alias, entry in _pools.items()}
+        return {
+            alias: DescribedPool(entry.pool, entry.vendor, entry.alias_options.lease)
+            for alias, entry in _pools.items()
+        }
 
 
 def pools() -> dict[str, Pool[Any]]:

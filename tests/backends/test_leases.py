@@ -16,7 +16,9 @@ from django.db.backends.signals import connection_created
 import django_dbpool
 from django_dbpool import pinned
 from django_dbpool.backends.leasing import session_statement
+from django_dbpool.tagging import tag
 from example_project.bank.models import Account
+from tests.pool.fakes import wait_until
 from tests.views import SESSION_ID_SQL
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "lease"])
@@ -514,3 +516,79 @@ def test_eight_threads_share_two_connections_without_crossing(django_db_blocker:
     stats = connections[ALIAS].pool.stats()
     assert stats.opened <= 2 + stats.closed_total
     assert stats.in_use == 0
+
+
+# -- leak warnings, orphans, tags: per lease ---------------------------------------------------
+
+
+WATCHED = "lease_watched"
+
+
+def watched_wrapper() -> Any:
+    """A wrapper of an alias of its own (its own pool) with transaction leases and
+    LEAK_TIMEOUT 0.2 s, for the calling thread."""
+    base = connections[ALIAS]
+    settings_dict = {**base.settings_dict, "POOL": {**base.settings_dict["POOL"]}}
+    settings_dict["POOL"]["LEAK_TIMEOUT"] = 0.2
+    return type(base)(settings_dict, WATCHED)
+
+
+@pytest.fixture
+def watched() -> Iterator[Any]:
+    wrapper = watched_wrapper()
+    try:
+        yield wrapper
+    finally:
+        wrapper.close()
+        wrapper.close_pool()
+
+
+def test_leak_warnings_name_the_lease_s_own_tags_and_place(
+    watched: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    watched_wrapper = watched
+
+    def statement() -> None:
+        with watched_wrapper.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    with caplog.at_level(logging.WARNING, logger="django_dbpool.pool"):
+        with tag(view="first"):
+            statement()  # a lease of its own, given back at once: no warning
+        with tag(view="report"):
+            watched_wrapper.dbpool_pin()
+            try:
+                statement()  # the lease that stays out
+                # The housekeeper counts the leak, then logs it.
+                assert wait_until(
+                    lambda: any("LEAK_TIMEOUT" in r.getMessage() for r in caplog.records),
+                    timeout=30,
+                )
+            finally:
+                watched_wrapper.dbpool_unpin()
+    warnings = [r.getMessage() for r in caplog.records if "LEAK_TIMEOUT" in r.getMessage()]
+    assert len(warnings) == 1
+    assert watched_wrapper.pool.stats().leaks == 1
+    assert "[view=report]" in warnings[0]
+    assert f'File "{__file__}"' in warnings[0]
+    assert "in statement" in warnings[0]
+    assert watched_wrapper.pool.stats().in_use == 0
+
+
+def test_a_lease_held_by_an_exited_thread_is_reclaimed_as_an_orphan(watched: Any) -> None:
+    pools = []
+
+    def leave_a_cursor_open() -> None:
+        wrapper = watched_wrapper()
+        cursor = wrapper.cursor()
+        cursor.execute("SELECT 1")  # the open cursor pins the lease; the thread just ends
+        pools.append(wrapper.pool)
+
+    for _ in range(2):
+        thread = threading.Thread(target=leave_a_cursor_open)
+        thread.start()
+        thread.join(30)
+    assert pools[0] is pools[1] is watched.pool
+    assert wait_until(lambda: watched.pool.stats().orphans_reclaimed == 2, timeout=30)
+    # A reclaimed connection is reset (or closed) before it is idle again.
+    assert wait_until(lambda: watched.pool.stats().in_use == 0, timeout=30)

@@ -25,6 +25,17 @@ COLUMNS = (
     ("wait p99", 9),
     ("leaks", 6),
 )
+# The leases: LEASE, leases (checkouts) per second, how long they lasted and how many were
+# pinned; the pins by reason follow, unpadded.
+LEASE_COLUMNS = (
+    ("pid", 8),
+    ("alias", 10),
+    ("lease", 12),
+    ("leases/s", 9),
+    ("hold mean", 10),
+    ("hold p99", 9),
+    ("pinned", 7),
+)
 
 
 class Command(BaseCommand):
@@ -98,13 +109,11 @@ class Command(BaseCommand):
         if as_json:
             return json.dumps(report, indent=2, default=str) + "\n"
         lines = [f"Pool stats from {_printable(report['directory'])}", ""]
-        header = "".join(name.rjust(width) for name, width in COLUMNS)
-        lines.append(header)
+        lines.append(_row(_names(COLUMNS)))
         for process in report["processes"]:
             for alias, entry in process["pools"].items():
                 gauges = entry["stats"]["gauges"]
                 counters = entry["stats"]["counters"]
-                p99 = entry.get("wait_p99_seconds")
                 values = (
                     process["pid"],
                     alias,
@@ -115,7 +124,7 @@ class Command(BaseCommand):
                     gauges["max_size"],
                     f"{entry.get('checkouts_per_second', 0.0):.1f}",
                     counters["timeouts"],
-                    "-" if p99 is None else f"{p99 * 1000:.1f}ms",
+                    _milliseconds(entry.get("wait_p99_seconds")),
                     counters["leaks"],
                 )
                 lines.append(_row(values))
@@ -140,6 +149,8 @@ class Command(BaseCommand):
                 counters.get("leaks", 0),
             )
             lines.append(_row(values))
+        if report["processes"]:
+            lines += ["", "Leases per process, and totals per alias", *_lease_rows(report)]
         for alias, view in report.get("server", {}).items():
             lines += [
                 "",
@@ -157,9 +168,56 @@ class Command(BaseCommand):
         return "\n".join(lines) + "\n"
 
 
-def _row(values: tuple[Any, ...]) -> str:
-    cells = zip(values, COLUMNS, strict=True)
+def _row(values: tuple[Any, ...], columns: tuple[tuple[str, int], ...] = COLUMNS) -> str:
+    cells = zip(values, columns, strict=True)
     return "".join(_printable(value).rjust(width) for value, (_, width) in cells)
+
+
+def _lease_rows(report: dict[str, Any]) -> list[str]:
+    rows = [_row(_names(LEASE_COLUMNS), LEASE_COLUMNS) + "  pins"]
+    for process in report["processes"]:
+        for alias, entry in process["pools"].items():
+            counters = entry["stats"]["counters"]
+            values = (
+                process["pid"],
+                alias,
+                entry["lease"],
+                f"{entry['checkouts_per_second']:.1f}",
+                _milliseconds(_mean(entry["stats"]["histograms"]["hold_seconds"])),
+                _milliseconds(entry["hold_p99_seconds"]),
+                counters["pinned"],
+            )
+            rows.append(_row(values, LEASE_COLUMNS) + _pins(counters["pins"]))
+    for alias, total in report["totals"].items():
+        values = (
+            f"{total['processes']} proc",
+            alias,
+            total["lease"],
+            f"{total['checkouts_per_second']:.1f}",
+            _milliseconds(_mean(total["histograms"]["hold_seconds"])),
+            "",
+            total["counters"]["pinned"],
+        )
+        rows.append(_row(values, LEASE_COLUMNS) + _pins(total["counters"]["pins"]))
+    return rows
+
+
+def _names(columns: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
+    return tuple(name for name, _ in columns)
+
+
+def _mean(histogram: dict[str, Any]) -> float | None:
+    return histogram["sum"] / histogram["count"] if histogram["count"] else None
+
+
+def _milliseconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}ms"
+
+
+def _pins(pins: dict[str, int]) -> str:
+    # Only the reasons that held a lease: most are 0 for most applications.
+    held = [f"{reason} {count}" for reason, count in pins.items() if count]
+    return "  " + (", ".join(held) if held else "-")
 
 
 def _printable(value: object) -> str:

@@ -30,6 +30,9 @@
     if (value === null || value === undefined) {
       return "-";
     }
+    if (kind === "text") {
+      return String(value);
+    }
     if (kind === "rate") {
       return Number(value).toFixed(1);
     }
@@ -78,7 +81,7 @@
     if (!rows.length) {
       const tr = document.createElement("tr");
       const td = cell(emptyText, false, false);
-      td.colSpan = 12;
+      td.colSpan = 13;
       tr.appendChild(td);
       fresh.appendChild(tr);
     }
@@ -90,6 +93,7 @@
     return [
       [String(row.pid), true],
       [row.process, false, true],
+      [row.lease, false],
       [display(g.size, "count"), true],
       [display(g.in_use, "count"), true],
       [display(g.idle, "count"), true],
