@@ -592,3 +592,19 @@ def test_a_lease_held_by_an_exited_thread_is_reclaimed_as_an_orphan(watched: Any
     assert wait_until(lambda: watched.pool.stats().orphans_reclaimed == 2, timeout=30)
     # A reclaimed connection is reset (or closed) before it is idle again.
     assert wait_until(lambda: watched.pool.stats().in_use == 0, timeout=30)
+
+
+def test_the_readme_s_advisory_lock_example_keeps_one_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    postgresql = connections[ALIAS].vendor == "postgresql"
+    lock = "SELECT pg_advisory_lock(42)" if postgresql else "SELECT GET_LOCK('readme', 5)"
+    unlock = "SELECT pg_advisory_unlock(42)" if postgresql else "SELECT RELEASE_LOCK('readme')"
+    with caplog.at_level(logging.WARNING, logger="django_dbpool"):
+        with pinned(using=ALIAS), connections[ALIAS].cursor() as cursor:
+            cursor.execute(lock)
+            Account.objects.using(ALIAS).count()  # other work meanwhile, same session
+            cursor.execute(unlock)
+            assert cursor.fetchone()[0] in (True, 1)  # released by the session that took it
+    assert not [r for r in caplog.records if "changes the session" in r.getMessage()]
+    assert in_use() == 0
