@@ -600,11 +600,14 @@ def test_the_readme_s_advisory_lock_example_keeps_one_session(
     postgresql = connections[ALIAS].vendor == "postgresql"
     lock = "SELECT pg_advisory_lock(42)" if postgresql else "SELECT GET_LOCK('readme', 5)"
     unlock = "SELECT pg_advisory_unlock(42)" if postgresql else "SELECT RELEASE_LOCK('readme')"
-    with caplog.at_level(logging.WARNING, logger="django_dbpool"):
-        with pinned(using=ALIAS), connections[ALIAS].cursor() as cursor:
-            cursor.execute(lock)
-            Account.objects.using(ALIAS).count()  # other work meanwhile, same session
-            cursor.execute(unlock)
-            assert cursor.fetchone()[0] in (True, 1)  # released by the session that took it
+    with (
+        caplog.at_level(logging.WARNING, logger="django_dbpool"),
+        pinned(using=ALIAS),
+        connections[ALIAS].cursor() as cursor,
+    ):
+        cursor.execute(lock)
+        Account.objects.using(ALIAS).count()  # other work meanwhile, same session
+        cursor.execute(unlock)
+        assert cursor.fetchone()[0] in (True, 1)  # released by the session that took it
     assert not [r for r in caplog.records if "changes the session" in r.getMessage()]
     assert in_use() == 0
