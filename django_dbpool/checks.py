@@ -20,7 +20,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from . import __version__
-from .options import alias_options, mysql_tls_options, pool_options
+from .options import AliasOptions, alias_options, mysql_tls_options, pool_options
 from .pool.errors import ConnectFailed
 
 ENGINE_PREFIX = "django_dbpool.backends."
@@ -180,6 +180,18 @@ def skipping_unreachable(databases: Iterable[str]) -> Iterator[list[str]]:
         _checked_servers.reset(token)
 
 
+def _declared_options() -> Iterator[tuple[str, Any, AliasOptions]]:
+    # Each pooled alias, its settings and its validated POOL options; an alias whose
+    # options do not validate is left out (check_configuration reports it as E001).
+    for alias in pooled_aliases():
+        config = settings.DATABASES[alias]
+        try:
+            declared = alias_options(alias, config)
+        except ImproperlyConfigured:
+            continue
+        yield alias, config, declared
+
+
 @checks.register(checks.Tags.database)
 def check_pgbouncer(
     app_configs: Sequence[Any] | None = None, **kwargs: Any
@@ -193,12 +205,7 @@ def check_pgbouncer(
     Django's per-connection time zone setup and the process tag keep working.
     """
     messages: list[checks.CheckMessage] = []
-    for alias in pooled_aliases():
-        config = settings.DATABASES[alias]
-        try:
-            declared = alias_options(alias, config)
-        except ImproperlyConfigured:
-            continue  # reported as E001
+    for alias, config, declared in _declared_options():
         mode = declared.pgbouncer
         if mode is not None and _vendor(alias) != "postgresql":
             messages.append(
@@ -289,12 +296,7 @@ def check_leases(
 ) -> list[checks.CheckMessage]:
     """Settings that undo transaction-scoped leases (``POOL["LEASE"] = "transaction"``)."""
     messages: list[checks.CheckMessage] = []
-    for alias in pooled_aliases():
-        config = settings.DATABASES[alias]
-        try:
-            declared = alias_options(alias, config)
-        except ImproperlyConfigured:
-            continue  # reported as E001
+    for alias, config, declared in _declared_options():
         if declared.lease != "transaction":
             continue
         if declared.reset:
