@@ -268,11 +268,13 @@ class PooledWrapperMixin(LeasingMixin):
         self._dbpool_configured = True
         return self._dbpool_checkout(pool)
 
-    def _dbpool_checkout(self, pool: Pool[Any]) -> Any:
+    def _dbpool_checkout(self, pool: Pool[Any], recent: Any = None) -> Any:
+        # recent: a connection this wrapper gave back moments ago, not checked again if it
+        # comes back (transaction leases: the next statement's lease).
         snapshots.ensure_publisher()
         # The place of acquisition in warnings: connect() (or get_new_connection()).
         connection = pool.acquire(stacklevel=2)
-        if connection.dbpool_closed_by_server():
+        if connection is not recent and connection.dbpool_closed_by_server():
             connection = self._dbpool_replace_closed(pool, connection)
         if self._thread_sharing_count or self._thread_ident != threading.get_ident():
             # The connection belongs to the wrapper, and this thread is not (or not the only

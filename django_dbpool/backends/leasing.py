@@ -49,6 +49,10 @@ __all__ = ["LeaseCursorMixin", "LeasingMixin", "lease_cursor_mixin", "session_st
 
 logger = logging.getLogger("django_dbpool")
 
+#: Seconds after a release point during which the same connection, leased again, is not
+#: checked for a server-side close (see PooledWrapperMixin._dbpool_checkout).
+RECHECK_AFTER = 1.0
+
 # Statements that change the session beyond the statement (or the transaction) they run in,
 # matched at the start of a query after whitespace, comments and parentheses, and after a
 # ";". SET LOCAL and SET CONSTRAINTS last for the transaction; every other SET (a session
@@ -186,7 +190,7 @@ class LeasingMixin(_Base):
         dbpool_broken: bool
         _thread_sharing_count: int
 
-        def _dbpool_checkout(self, pool: Pool[Any]) -> Any: ...
+        def _dbpool_checkout(self, pool: Pool[Any], recent: Any = None) -> Any: ...
         def _dbpool_pool(self) -> Pool[Any]: ...
 
     #: The driver connection (Django's ``connection`` attribute, see the property).
@@ -214,6 +218,8 @@ class LeasingMixin(_Base):
     _dbpool_pins_counted = 0
     #: SESSION_SQL: "pin" or "error".
     _dbpool_session_sql = "pin"
+    #: The connection given back at the last release point, and when (time.monotonic()).
+    _dbpool_last: tuple[Any, float] = (None, 0.0)
 
     # -- the driver connection ----------------------------------------------------------------
 
@@ -255,6 +261,7 @@ class LeasingMixin(_Base):
 
     def _dbpool_stop_leasing(self) -> None:
         # The logical connection ended (close(), or lost inside atomic()).
+        self._dbpool_last = (None, 0.0)
         self._dbpool_transaction = False
         self._dbpool_parked = False
         self._dbpool_cursors = 0
@@ -266,15 +273,20 @@ class LeasingMixin(_Base):
     def ensure_connection(self) -> None:
         if self._dbpool_conn is None:
             if self._dbpool_parked:
-                with self.wrap_database_errors:
-                    self._dbpool_lease_again()
+                # Raises the pool's errors only, which are Django's OperationalError already.
+                self._dbpool_lease_again()
                 return
             super().ensure_connection()
 
     def _dbpool_lease_again(self) -> None:
         # A new lease for a parked logical connection: a checkout, nothing of connect().
-        # _dbpool_pool() replaces a pool closed or reconfigured meanwhile.
-        self._dbpool_conn = self._dbpool_checkout(self._dbpool_pool())
+        # _dbpool_pool() replaces a pool closed or reconfigured meanwhile. The connection
+        # given back less than RECHECK_AFTER ago is not checked for a server-side close
+        # again (a getsockopt() call, a good part of a lease's cost): a statement on it finds
+        # out, as one would a moment later.
+        last, released_at = self._dbpool_last
+        recent = last if time.monotonic() - released_at < RECHECK_AFTER else None
+        self._dbpool_conn = self._dbpool_checkout(self._dbpool_pool(), recent)
         self._dbpool_parked = False
         self._dbpool_lease_thread = threading.get_ident()
         self._dbpool_pins_counted = 0
@@ -356,7 +368,9 @@ class LeasingMixin(_Base):
         connection, self._dbpool_conn = self._dbpool_conn, None
         self._dbpool_lease = None
         self._dbpool_parked = True
-        pool.release(connection, broken=self.dbpool_broken)
+        broken = self.dbpool_broken
+        self._dbpool_last = (None if broken else connection, time.monotonic())
+        pool.release(connection, broken=broken)
 
     # -- pins -------------------------------------------------------------------------------------
 

@@ -611,3 +611,23 @@ def test_the_readme_s_advisory_lock_example_keeps_one_session(
         assert cursor.fetchone()[0] in (True, 1)  # released by the session that took it
     assert not [r for r in caplog.records if "changes the session" in r.getMessage()]
     assert in_use() == 0
+
+
+def test_a_session_the_server_ended_between_leases_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django_dbpool.backends import leasing
+    from tests.backends.test_pooling import raw_connection
+
+    monkeypatch.setattr(leasing, "RECHECK_AFTER", 0.0)  # check at every lease
+    first = session_id()
+    parked = connections[ALIAS]._dbpool_last[0]
+    with raw_connection() as conn:
+        postgresql = connections[ALIAS].vendor == "postgresql"
+        conn.cursor().execute(
+            f"SELECT pg_terminate_backend({first})" if postgresql else f"KILL {first}"
+        )
+    assert wait_until(parked.dbpool_closed_by_server, timeout=30)
+    second = session_id()  # no error: the next lease got a live connection
+    assert second != first
+    assert in_use() == 0
