@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := postgresql,mysql,environ,prometheus
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck suites pytest-all django-suite django-suite-pgbouncer packaging demo bench-pool bench-tagging system-deps clean
+.PHONY: test lint typecheck suites pytest-all django-suite django-suite-pgbouncer packaging demo bench-pool bench-leases bench-tagging system-deps clean
 
 ## test: lint, type-check, our suite and Django's on PostgreSQL and on MariaDB, packaging.
 test: system-deps $(STAMP)
@@ -32,11 +32,16 @@ pytest-all:
 	DBPOOL_TEST_DATABASE=mysql $(PY) -m pytest $(PYTEST_ARGS) || rc=1; \
 	exit $$rc
 
-# Modules of Django's own test suite against each of our ENGINEs.
+# Modules of Django's own test suite against each of our ENGINEs, with request leases (the
+# default) and with transaction leases.
 django-suite:
 	@rc=0; \
-	$(PY) tests/django_suite.py postgresql --engine django_dbpool.backends.postgresql || rc=1; \
-	$(PY) tests/django_suite.py mysql --engine django_dbpool.backends.mysql || rc=1; \
+	for lease in request transaction; do \
+		$(PY) tests/django_suite.py postgresql --engine django_dbpool.backends.postgresql \
+			--lease $$lease || rc=1; \
+		$(PY) tests/django_suite.py mysql --engine django_dbpool.backends.mysql \
+			--lease $$lease || rc=1; \
+	done; \
 	exit $$rc
 
 # The same modules through PgBouncer in transaction pooling mode, with the settings the
@@ -84,6 +89,14 @@ bench-pool: $(STAMP)
 	$(PY) -m pip install -q -r benchmarks/requirements.txt
 	$(PY) benchmarks/pool_cycle.py
 	$(PY) benchmarks/report.py
+
+## bench-leases: transaction leases against persistent connections, request leases, Django's
+## native pool and django-pg-real-pool (about 14 min); writes benchmarks/results/leases.json and
+## the README's Transaction leases tables.
+bench-leases: system-deps $(STAMP)
+	$(PY) -m pip install -q -r benchmarks/requirements.txt
+	$(PY) tests/dbservers.py --postgres --mysql -- $(PY) benchmarks/leases.py
+	$(PY) benchmarks/report.py --no-chart
 
 ## bench-tagging: per-statement cost of query comments, tagging off and on (no server needed).
 bench-tagging: $(STAMP)

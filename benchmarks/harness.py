@@ -2,7 +2,8 @@
 
 - :class:`ServerCounters` reads what the database server itself counts: statements, new
   connections and (sampled) connections open, so every contender is measured the same way.
-- :func:`serve` runs ``benchsite`` under gunicorn (2 workers x 8 gthread threads).
+- :func:`serve` runs ``benchsite`` under gunicorn (2 workers x 8 gthread threads), or
+  under uvicorn (2 workers, ASGI).
 - :func:`wrk` drives it and returns wrk's own summary.
 - :func:`exact_requests` sends a known number of requests and waits for every answer, so
   that server-side counts can be divided by it exactly.
@@ -22,7 +23,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,13 @@ def machine_cpu() -> dict[str, int]:
     }
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 @dataclass
 class Site:
     base: str
@@ -280,7 +288,10 @@ class Site:
 
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.master.pid}/task/{self.master.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
+        pids = [int(pid) for pid in children.read_text().split()]
+        # uvicorn's workers are started by multiprocessing, whose resource tracker is a
+        # child of the master too, and no worker.
+        return [pid for pid in pids if b"resource_tracker" not in _cmdline(pid)]
 
     def workers_cpu(self) -> list[int]:
         """CPU time each worker has used so far (user + system), in clock ticks."""
@@ -296,7 +307,8 @@ class Site:
         total = 0
         for pid in self.worker_pids():
             for task in Path(f"/proc/{pid}/task").iterdir():
-                with contextlib.suppress(FileNotFoundError):
+                # A thread may end while it is read (ASGI runs a thread per request).
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                     for line in (task / "status").read_text().splitlines():
                         if "ctxt_switches:" in line:
                             total += int(line.split()[1])
@@ -313,9 +325,14 @@ class Site:
 
 
 def site_environment(
-    database_url: str, contender: str, pool_size: int, stats_dir: str
+    database_url: str,
+    contender: str,
+    pool_size: int,
+    stats_dir: str,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment of a process that runs ``benchsite`` for ``contender``."""
+    """The environment of a process that runs ``benchsite`` for ``contender``; ``extra``:
+    more of the site's settings (``BENCH_LEASE``, ``BENCH_MIN_SIZE``, see its settings)."""
     return {
         **os.environ,
         "BENCH_DATABASE_URL": database_url,
@@ -324,30 +341,69 @@ def site_environment(
         "BENCH_STATS_DIR": stats_dir,
         "DJANGO_SETTINGS_MODULE": "benchsite.settings",
         "PYTHONPATH": f"{HERE}{os.pathsep}{ROOT}",
+        **(extra or {}),
     }
 
 
+#: uvicorn's workers for the ASGI site, as many as gunicorn's.
+ASGI_WORKERS = 2
+
+
+def server_command(port: int, asgi: bool) -> list[str]:
+    """The command that serves ``benchsite`` on ``port``: gunicorn (2 workers x 8 gthread
+    threads) or, with ``asgi``, :data:`ASGI_WORKERS` uvicorn workers, each on a socket of its
+    own (``uvicorn_workers.py``; Django does not speak ASGI's lifespan protocol: off). uvicorn
+    runs its pure-Python event loop and HTTP parser whatever else is installed, so that the
+    figures do not depend on it (uvloop and httptools raised no contender's throughput here:
+    Django's async path costs far more per request than HTTP does)."""
+    if asgi:
+        return [
+            sys.executable,
+            str(HERE / "uvicorn_workers.py"),
+            str(port),
+            str(ASGI_WORKERS),
+            "--",
+            "benchsite.asgi:application",
+            "--loop",
+            "asyncio",
+            "--http",
+            "h11",
+            "--lifespan",
+            "off",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--timeout-keep-alive",
+            "30",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "benchsite.wsgi",
+        "--config",
+        str(HERE / "benchsite" / "gunicorn.conf.py"),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--no-control-socket",
+    ]
+
+
 @contextmanager
-def serve(database_url: str, contender: str, pool_size: int = 4) -> Iterator[Site]:
-    """``benchsite`` under gunicorn for ``contender``, on a free port, stopped on exit."""
+def serve(
+    database_url: str,
+    contender: str,
+    pool_size: int = 4,
+    *,
+    asgi: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> Iterator[Site]:
+    """``benchsite`` under gunicorn (or, with ``asgi``, uvicorn) for ``contender``, on a free
+    port, stopped on exit; ``extra``: see :func:`site_environment`."""
     stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
     port = free_port()
-    env = site_environment(database_url, contender, pool_size, stats_dir)
-    master = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "benchsite.wsgi",
-            "--config",
-            str(HERE / "benchsite" / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--no-control-socket",
-        ],
-        env=env,
-        cwd=HERE,
-    )
+    env = site_environment(database_url, contender, pool_size, stats_dir, extra)
+    master = subprocess.Popen(server_command(port, asgi), env=env, cwd=HERE)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -357,9 +413,9 @@ def serve(database_url: str, contender: str, pool_size: int = 4) -> Iterator[Sit
                 break
             except OSError:
                 if master.poll() is not None:
-                    raise RuntimeError(f"gunicorn exited with {master.returncode}") from None
+                    raise RuntimeError(f"the server exited with {master.returncode}") from None
                 if time.monotonic() > deadline:
-                    raise RuntimeError("gunicorn did not answer in 60 s") from None
+                    raise RuntimeError("the server did not answer in 60 s") from None
                 time.sleep(0.1)
         yield Site(base, master)
     finally:

@@ -6,12 +6,16 @@ checks the targets, and writes
 
 - ``results/report.md``: every table, and each target with PASS or MISS;
 - ``results/web.png``: requests per second by contender and concurrency;
-- the part of ``README.rst`` between ``.. benchmark-report-start`` and ``-end``, and the
+- the part of ``README.rst`` between ``.. benchmark-report-start`` and ``-end``, the
   pool's own overhead (``pool_cycle.py``, ``results/pool_cycle.json``) between
-  ``.. pool-cycle-start`` and ``-end``.
+  ``.. pool-cycle-start`` and ``-end``, and transaction leases (``leases.py``,
+  ``results/leases.json``, rendered by ``leases_report.py``) between
+  ``.. leases-report-start`` and ``-end``.
 
 ``python benchmarks/report.py --check`` only compares the README with the committed results
 and fails if they differ (the test suite runs it): the README's numbers are never typed.
+``--no-chart`` leaves ``web.png`` as it is (``make bench-leases``, which measures nothing it
+shows).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ START = ".. benchmark-report-start"
 END = ".. benchmark-report-end"
 POOL_START = ".. pool-cycle-start"
 POOL_END = ".. pool-cycle-end"
+LEASES_START = ".. leases-report-start"
+LEASES_END = ".. leases-report-end"
 
 VENDORS = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
 NAMES = {
@@ -800,6 +806,13 @@ def pool_section() -> str:
     return pool_cycle_table(pool).rst() + "\n" + target.rst()
 
 
+def leases_section(markdown: bool = False) -> str:
+    """Transaction leases (``leases_report.py``), in reStructuredText or Markdown."""
+    import leases_report  # it imports this module's tables
+
+    return leases_report.section(lambda table: table.markdown() if markdown else table.rst())
+
+
 def replace_section(text: str, start: str, end: str, body: str) -> str:
     head, found, rest = text.partition(start + "\n")
     if not found or end not in rest:
@@ -869,6 +882,7 @@ def main(argv: list[str]) -> int:
     readme = README.read_text()
     updated = replace_section(readme, START, END, readme_section())
     updated = replace_section(updated, POOL_START, POOL_END, pool_section())
+    updated = replace_section(updated, LEASES_START, LEASES_END, leases_section())
     if "--check" in argv:
         if updated != readme:
             print(
@@ -880,12 +894,17 @@ def main(argv: list[str]) -> int:
         return 0
     web = load("web.json")
     (RESULTS / "report.md").write_text(
-        "# Benchmarks\n\n" + sections(Table.markdown, "![requests per second](web.png)", pool=True)
+        "# Benchmarks\n\n"
+        + sections(Table.markdown, "![requests per second](web.png)", pool=True)
+        + "\n## Transaction leases\n\n"
+        + leases_section(markdown=True)
     )
-    if web:
+    drawn = ""
+    if web and "--no-chart" not in argv:
         chart(web, RESULTS / "web.png")
+        drawn = ", web.png"
     README.write_text(updated)
-    print("wrote benchmarks/results/report.md, web.png and README.rst's benchmark sections")
+    print(f"wrote benchmarks/results/report.md{drawn} and README.rst's benchmark sections")
     return 0
 
 

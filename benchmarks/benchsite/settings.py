@@ -3,6 +3,9 @@
 - ``BENCH_DATABASE_URL``: a plain ``postgres://`` or ``mysql://`` URL (django-environ syntax).
 - ``BENCH_CONTENDER``: how Django gets its connections, one of :data:`CONTENDERS`.
 - ``BENCH_POOL_SIZE``: connections per process for every pool (default 4).
+- ``BENCH_MIN_SIZE``: connections each pool opens at the start (default: the pool size).
+- ``BENCH_LEASE``: django_dbpool's ``LEASE`` (``request`` or ``transaction``); unset, its
+  default.
 
 Everything else is the same for every contender: no middleware that touches the database,
 no sessions, no templates.
@@ -24,18 +27,22 @@ CONTENDERS = {
     "dbcp": "django-db-connection-pool",
     "dbpool": "django_dbpool",
     "bound": "persistent connections, POOL_SIZE threads at a time (benchsite.bounded)",
+    "realpool": "django-pg-real-pool (Django's native pool, released after each query)",
 }
 
 CONTENDER = os.environ.get("BENCH_CONTENDER", "dbpool")
 if CONTENDER not in CONTENDERS:
     raise ImproperlyConfigured(f"BENCH_CONTENDER={CONTENDER!r} is not one of {list(CONTENDERS)}.")
 POOL_SIZE = int(os.environ.get("BENCH_POOL_SIZE", "4"))
+MIN_SIZE = int(os.environ.get("BENCH_MIN_SIZE", str(POOL_SIZE)))
+LEASE = os.environ.get("BENCH_LEASE", "")
 
 SECRET_KEY = "benchmark-only-not-a-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "benchsite.urls"
 WSGI_APPLICATION = "benchsite.wsgi.application"
+ASGI_APPLICATION = "benchsite.asgi.application"
 INSTALLED_APPS = ["benchsite"]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -56,7 +63,12 @@ def _database(url: str, contender: str) -> dict[str, Any]:
     elif contender == "native":
         if vendor != "postgresql":
             raise ImproperlyConfigured("Django's native pool exists for PostgreSQL only.")
-        config["OPTIONS"]["pool"] = {"min_size": POOL_SIZE, "max_size": POOL_SIZE}
+        config["OPTIONS"]["pool"] = {"min_size": MIN_SIZE, "max_size": POOL_SIZE}
+    elif contender == "realpool":
+        if vendor != "postgresql":
+            raise ImproperlyConfigured("django-pg-real-pool exists for PostgreSQL only.")
+        config["ENGINE"] = "django_pg_real_pool"
+        config["OPTIONS"]["pool"] = {"min_size": MIN_SIZE, "max_size": POOL_SIZE}
     elif contender == "dbcp":
         config["ENGINE"] = f"dj_db_conn_pool.backends.{vendor}"
         config["POOL_OPTIONS"] = {"POOL_SIZE": POOL_SIZE, "MAX_OVERFLOW": 0}
@@ -65,7 +77,9 @@ def _database(url: str, contender: str) -> dict[str, Any]:
         config["ENGINE"] = f"benchsite.bounded.{vendor}"
     elif contender == "dbpool":
         config["ENGINE"] = f"django_dbpool.backends.{vendor}"
-        config["POOL"] = {"MIN_SIZE": POOL_SIZE, "MAX_SIZE": POOL_SIZE}
+        config["POOL"] = {"MIN_SIZE": MIN_SIZE, "MAX_SIZE": POOL_SIZE}
+        if LEASE:
+            config["POOL"]["LEASE"] = LEASE
     return config
 
 

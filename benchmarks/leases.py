@@ -1,0 +1,477 @@
+"""Transaction leases (``POOL["LEASE"] = "transaction"``) against request leases, persistent
+connections, Django's native pool and django-pg-real-pool.
+
+Run by ``make bench-leases`` (which starts the database servers); by hand:
+
+    python tests/dbservers.py --postgres --mysql -- python benchmarks/leases.py
+
+Scenarios (``SCENARIOS``; each contender's site on a database of its own, so that the server's
+count of sessions tells them apart; in each round the contenders of a group of sites take
+turns, the order reversed every other round):
+
+1. gunicorn (2 workers x 8 gthread threads), the one-query view ``/item``: transaction leases
+   with ``MAX_SIZE`` 2 per worker against persistent connections (16 sessions).
+2. uvicorn (2 workers), the async views ``/wait_async`` (a query, 50 ms of
+   ``asyncio.sleep``, a query) and ``/item_async`` (one query): transaction leases against
+   request leases (``MAX_SIZE`` 4 and 64), Django's native pool and django-pg-real-pool
+   (``max_size`` 4); and the waiting view as a sync view (``/wait``, ``time.sleep``) under
+   gunicorn, transaction against request leases. PostgreSQL only.
+3. CPU time per request without HTTP (as ``request_cpu.py``): the ten-query view ``/ten``
+   through Django's WSGI handler, 8 threads in one process, transaction against request
+   leases, with ``MAX_SIZE`` 4 (threads share connections) and 8 (one per thread).
+
+Each scenario has an A/A pair: transaction leases twice, two identical sites (or runs), whose
+ratio is how far two measurements of the same thing come apart on this machine.
+The peak of server sessions is sampled during every HTTP measurement (warm-up included).
+MariaDB runs scenarios 1 and 3 when its URL is set.
+
+Before the first round, every site serves each of its views for ``SITE_WARMUP`` seconds,
+uncounted: its pool opens the connections the load needs (request leases with ``MAX_SIZE`` 64
+start with 4), so that no contender pays for it in a measured round.
+
+Environment: ``BENCH_ROUNDS`` (4), ``BENCH_SECONDS`` (5, per measurement), ``BENCH_WARMUP``
+(1, before each measurement), ``BENCH_CPU_ROUNDS`` (6), ``BENCH_REQUESTS`` (1000 per CPU
+run), ``BENCH_SCENARIOS`` (all; a comma-separated
+subset of the scenarios' keys and ``cpu``, for a quick look, not for the report). Writes
+``results/leases.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import harness
+import web
+from revision import revision
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+WARMUP = float(os.environ.get("BENCH_WARMUP", "1"))
+CPU_ROUNDS = int(os.environ.get("BENCH_CPU_ROUNDS", "6"))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "1000"))
+#: Seconds each site serves each of its views before the first round (see above).
+SITE_WARMUP = 2.0
+ONLY = [key for key in os.environ.get("BENCH_SCENARIOS", "").split(",") if key]
+CLIENTS = 64
+#: A measurement in which one worker used less than this share of the workers' CPU time (wrk's
+#: connections nearly all on the other worker) is made again, up to BALANCE_ATTEMPTS in all.
+MIN_WORKER_SHARE = web.MIN_WORKER_SHARE
+BALANCE_ATTEMPTS = 3
+#: Threads of the CPU runs, as in one gunicorn worker; requests per thread before measuring.
+THREADS = harness.THREADS
+CPU_WARMUP = 25
+#: A CPU run that takes longer than this is a hang, not a measurement.
+RUN_TIMEOUT = 300
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Contender:
+    label: str
+    #: benchsite's BENCH_CONTENDER, connections per process, django_dbpool's LEASE, MIN_SIZE.
+    site: str
+    pool_size: int
+    lease: str = ""
+    min_size: int | None = None
+
+    def extra(self) -> dict[str, str]:
+        extra = {"BENCH_LEASE": self.lease} if self.lease else {}
+        if self.min_size is not None:
+            extra["BENCH_MIN_SIZE"] = str(self.min_size)
+        return extra
+
+
+CONTENDERS = {
+    "persistent": Contender("persistent connections (CONN_MAX_AGE=None)", "persistent", 4),
+    "transaction_2": Contender(
+        "django_dbpool, transaction leases, MAX_SIZE 2", "dbpool", 2, "transaction"
+    ),
+    "transaction_2_aa": Contender(
+        "django_dbpool, transaction leases, MAX_SIZE 2, again (A/A)", "dbpool", 2, "transaction"
+    ),
+    "transaction_4": Contender(
+        "django_dbpool, transaction leases, MAX_SIZE 4", "dbpool", 4, "transaction"
+    ),
+    "transaction_4_aa": Contender(
+        "django_dbpool, transaction leases, MAX_SIZE 4, again (A/A)", "dbpool", 4, "transaction"
+    ),
+    "request_4": Contender("django_dbpool, request leases, MAX_SIZE 4", "dbpool", 4, "request"),
+    # As many connections as the CPU scenario's threads: no caller waits, so what remains is
+    # the cost of a lease per statement.
+    "transaction_8": Contender(
+        "django_dbpool, transaction leases, MAX_SIZE 8", "dbpool", 8, "transaction"
+    ),
+    "request_8": Contender("django_dbpool, request leases, MAX_SIZE 8", "dbpool", 8, "request"),
+    # Opens 4 at the start, like the others, and grows with the load.
+    "request_64": Contender(
+        "django_dbpool, request leases, MAX_SIZE 64", "dbpool", 64, "request", min_size=4
+    ),
+    "native_4": Contender("Django's native pool, max_size 4", "native", 4),
+    "realpool_4": Contender("django-pg-real-pool 1.1.0, max_size 4", "realpool", 4),
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    #: Scenarios of one group share their sites and take turns within each round.
+    group: str
+    asgi: bool
+    path: str
+    #: The order of odd rounds (reversed in even ones). The A/A pair's two sites sit on
+    #: either side of a contender they are compared with, as close to it in time as each other.
+    contenders: tuple[str, ...]
+    vendors: tuple[str, ...] = ("postgresql",)
+
+
+SCENARIOS = (
+    Scenario(
+        "item_wsgi",
+        "gunicorn 2 x 8 gthread threads, one query (/item)",
+        "gunicorn_item",
+        False,
+        "/item",
+        ("transaction_2_aa", "persistent", "transaction_2"),
+        ("postgresql", "mysql"),
+    ),
+    Scenario(
+        "wait_asgi",
+        "uvicorn 2 workers, async view: query, asyncio.sleep(0.05), query (/wait_async)",
+        "uvicorn",
+        True,
+        "/wait_async",
+        (
+            "request_4",
+            "transaction_4_aa",
+            "realpool_4",
+            "transaction_4",
+            "native_4",
+            "request_64",
+        ),
+    ),
+    Scenario(
+        "item_asgi",
+        "uvicorn 2 workers, async view: one query (/item_async)",
+        "uvicorn",
+        True,
+        "/item_async",
+        ("request_4", "transaction_4_aa", "realpool_4", "transaction_4", "native_4"),
+    ),
+    Scenario(
+        "wait_wsgi",
+        "gunicorn 2 x 8 gthread threads, sync view: query, time.sleep(0.05), query (/wait)",
+        "gunicorn_wait",
+        False,
+        "/wait",
+        ("transaction_4_aa", "request_4", "transaction_4"),
+    ),
+)
+#: Scenario 3: CPU time per request without HTTP.
+CPU_PATH = "/ten"
+#: MAX_SIZE 4: 8 threads share 4 connections (every statement may hand one to another
+#: thread); MAX_SIZE 8: one per thread, no caller waits.
+CPU_CONTENDERS = ("transaction_4_aa", "request_4", "transaction_4", "request_8", "transaction_8")
+
+
+def chosen(vendor: str) -> tuple[list[Scenario], bool]:
+    """The HTTP scenarios to run on ``vendor``, and whether to run the CPU one."""
+    scenarios = [s for s in SCENARIOS if vendor in s.vendors and (not ONLY or s.key in ONLY)]
+    return scenarios, not ONLY or "cpu" in ONLY
+
+
+def measure(
+    site: harness.Site, counters: harness.ServerCounters, name: str, rnd: int, path: str
+) -> dict[str, Any]:
+    """One row: ``name``'s site under :data:`CLIENTS` clients on ``path``; the peak of its
+    server sessions over the warm-up and the measurement."""
+    counters.start_sampling()
+    errors = web.wrk_errors(harness.wrk(site.base, path, CLIENTS, WARMUP))
+    attempts = 0
+    while True:
+        attempts += 1
+        main, share, cpu = web.with_cpu(
+            site, lambda: harness.wrk(site.base, path, CLIENTS, SECONDS)
+        )
+        errors += web.wrk_errors(main)
+        if share >= MIN_WORKER_SHARE or attempts == BALANCE_ATTEMPTS:
+            break
+        print(f"  {name:>16} one worker idle: again", flush=True)
+    peak = counters.stop_sampling()
+    # Requests left in flight by wrk finish before the next contender's turn.
+    counters.settle()
+    row = {
+        "contender": name,
+        "round": rnd,
+        "rps": main["requests"] / (main["duration_us"] / 1e6),
+        "p50_ms": main["p50_us"] / 1000,
+        "p99_ms": main["p99_us"] / 1000,
+        "requests": main["requests"],
+        **web.cpu_figures(cpu, main["requests"]),
+        "errors": errors,
+        "peak_sessions": peak,
+        "attempts": attempts,
+        "worker_share": share,
+    }
+    print(
+        f"  {name:>16} {row['rps']:8.0f} rps  p99 {row['p99_ms']:7.1f} ms  errors {errors}"
+        f"  peak sessions {peak}  worker share {share:.2f}",
+        flush=True,
+    )
+    return row
+
+
+def run_group(url: str, vendor: str, scenarios: list[Scenario]) -> dict[str, list[Any]]:
+    """The rows of each of ``scenarios`` (one group: one site per contender, up for the whole
+    group), by scenario key."""
+    names = list(dict.fromkeys(name for s in scenarios for name in s.contenders))
+    rows: dict[str, list[Any]] = {s.key: [] for s in scenarios}
+    with contextlib.ExitStack() as stack:
+        sites, counters = {}, {}
+        for name in names:
+            contender = CONTENDERS[name]
+            own = harness.contender_database(url, name)
+            counters[name] = harness.ServerCounters(own)
+            stack.callback(counters[name].close)
+            sites[name] = stack.enter_context(
+                harness.serve(
+                    own,
+                    contender.site,
+                    contender.pool_size,
+                    asgi=scenarios[0].asgi,
+                    extra=contender.extra(),
+                )
+            )
+        for scenario in scenarios:
+            for name in scenario.contenders:
+                harness.wrk(sites[name].base, scenario.path, CLIENTS, SITE_WARMUP)
+                counters[name].settle()
+        for rnd in range(1, ROUNDS + 1):
+            for scenario in scenarios:
+                print(f"{vendor} {scenario.key}: round {rnd} of {ROUNDS}", flush=True)
+                order = scenario.contenders if rnd % 2 else scenario.contenders[::-1]
+                for name in order:
+                    row = measure(sites[name], counters[name], name, rnd, scenario.path)
+                    rows[scenario.key].append(row)
+    return rows
+
+
+def cpu_request_environ(path: str) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+    }
+
+
+def cpu_run_in_this_process(path: str, requests: int) -> dict[str, Any]:
+    """One CPU run: :data:`THREADS` threads call ``path`` through Django's WSGI handler
+    (``request_started`` and ``request_finished`` included), ``requests`` in all after the
+    warm-up; the process's CPU time per request."""
+    from django.core.wsgi import get_wsgi_application
+
+    app = get_wsgi_application()
+    errors = [0] * THREADS
+    start = threading.Barrier(THREADS + 1)
+
+    def call() -> bool:
+        statuses: list[str] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            statuses.append(status)
+            return lambda data: None
+
+        body = app(cpu_request_environ(path), start_response)
+        try:
+            b"".join(body)
+        finally:
+            body.close()  # request_finished
+        return statuses[0].startswith("200 ")
+
+    def worker(i: int) -> None:
+        for _ in range(CPU_WARMUP):
+            call()
+        start.wait()
+        for _ in range(requests // THREADS):
+            errors[i] += not call()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for thread in threads:
+        thread.join()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    total = (requests // THREADS) * THREADS
+    return {"cpu_us": cpu / total * 1e6, "wall_us": wall / total * 1e6, "errors": sum(errors)}
+
+
+def cpu_measure(url: str, name: str) -> dict[str, Any]:
+    """One CPU run of ``name`` on ``url`` in a fresh process."""
+    contender = CONTENDERS[name]
+    stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
+    try:
+        env = harness.site_environment(
+            url, contender.site, contender.pool_size, stats_dir, contender.extra()
+        )
+        result = subprocess.run(
+            [sys.executable, __file__, "--cpu-run", CPU_PATH, str(REQUESTS)],
+            env=env,
+            cwd=harness.HERE,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(stats_dir, ignore_errors=True)
+    if result.returncode:
+        raise RuntimeError(f"{name}: the CPU run failed:\n{result.stderr}")
+    row: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return row
+
+
+def run_cpu(url: str, vendor: str) -> list[dict[str, Any]]:
+    own = {name: harness.contender_database(url, name) for name in CPU_CONTENDERS}
+    rows = []
+    for rnd in range(1, CPU_ROUNDS + 1):
+        order = CPU_CONTENDERS if rnd % 2 else CPU_CONTENDERS[::-1]
+        for name in order:
+            row = {"contender": name, "round": rnd, **cpu_measure(own[name], name)}
+            rows.append(row)
+            print(
+                f"  {vendor} cpu round {rnd}: {name:>16} {row['cpu_us']:7.0f} µs CPU per"
+                f" request, errors {row['errors']}",
+                flush=True,
+            )
+    return rows
+
+
+def budget_s(urls: dict[str, str]) -> float:
+    """A rough estimate of the run's length: every HTTP measurement (with about 1.5 s to
+    settle and start wrk) and the sites' warm-ups, the CPU runs (about 5 ms per request, on
+    one CPU for the GIL, and 1.5 s to start) and the sites' starts (3 s each)."""
+    http = sites = cpu = 0.0
+    for vendor in urls:
+        scenarios, with_cpu = chosen(vendor)
+        measurements = sum(len(s.contenders) for s in scenarios)
+        http += measurements * (ROUNDS * (WARMUP + SECONDS + 1.5) + SITE_WARMUP + 0.5)
+        sites += 3 * len({(s.group, name) for s in scenarios for name in s.contenders})
+        per_run = 1.5 + (REQUESTS + CPU_WARMUP * THREADS) * 5e-3
+        cpu += len(CPU_CONTENDERS) * CPU_ROUNDS * per_run * with_cpu
+    return http + sites + cpu
+
+
+def environment(elapsed_s: int) -> dict[str, Any]:
+    import django
+    import gunicorn
+    import uvicorn
+
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "revision": revision(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "gunicorn": gunicorn.__version__,
+        "uvicorn": uvicorn.__version__,
+        "workers": 2,
+        "threads": THREADS,
+        "clients": CLIENTS,
+        "rounds": ROUNDS,
+        "seconds": SECONDS,
+        "warmup": WARMUP,
+        "site_warmup": SITE_WARMUP,
+        "cpu_rounds": CPU_ROUNDS,
+        "min_worker_share": MIN_WORKER_SHARE,
+        "balance_attempts": BALANCE_ATTEMPTS,
+        "cpu_requests": REQUESTS,
+        "elapsed_s": elapsed_s,
+    }
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:2] == ["--cpu-run"]:
+        print(json.dumps(cpu_run_in_this_process(argv[2], int(argv[3]))))
+        return 0
+    harness.require_wrk()
+    urls = web.database_urls()
+    started = time.monotonic()
+    print(f"leases: about {budget_s(urls) / 60:.0f} min estimated", flush=True)
+    scenarios: dict[str, Any] = {
+        s.key: {
+            "title": s.title,
+            "server": "uvicorn" if s.asgi else "gunicorn",
+            "path": s.path,
+            "databases": {},
+        }
+        for s in SCENARIOS
+    }
+    cpu: dict[str, Any] = {"path": CPU_PATH, "threads": THREADS, "databases": {}}
+    failures: list[dict[str, str]] = []
+
+    def attempt(vendor: str, name: str, run: Callable[[], T]) -> T | None:
+        # A part that fails (a site that does not start, say) is recorded and reported as a
+        # miss, and the other parts still run.
+        try:
+            return run()
+        except Exception as exc:
+            traceback.print_exc()
+            failures.append({"database": vendor, "part": name, "error": str(exc)[-2000:]})
+            return None
+        finally:
+            print(f"{vendor} {name} done at {time.monotonic() - started:.0f} s", flush=True)
+
+    for vendor, url in urls.items():
+        version = web.server_version(url)
+        chosen_scenarios, with_cpu = chosen(vendor)
+        for group in dict.fromkeys(s.group for s in chosen_scenarios):
+            members = [s for s in chosen_scenarios if s.group == group]
+            label = ", ".join(s.key for s in members)
+            found = attempt(vendor, label, functools.partial(run_group, url, vendor, members))
+            for key, rows in (found or {}).items():
+                scenarios[key]["databases"][vendor] = {"server": version, "rows": rows}
+        if with_cpu:
+            cpu_rows = attempt(vendor, "cpu", functools.partial(run_cpu, url, vendor))
+            if cpu_rows is not None:
+                cpu["databases"][vendor] = {"server": version, "rows": cpu_rows}
+    elapsed_s = round(time.monotonic() - started)
+    data = {
+        "environment": environment(elapsed_s),
+        "contenders": {name: c.label for name, c in CONTENDERS.items()},
+        "scenarios": scenarios,
+        "cpu": cpu,
+        "failures": failures,
+    }
+    out = web.RESULTS / "leases.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {out.relative_to(harness.ROOT)}; elapsed {elapsed_s} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
