@@ -6,9 +6,11 @@ statement through:
 * Django's ``CursorWrapper`` (what the stock backends use);
 * django_dbpool's tagging wrapper outside any tag context (tagging off);
 * the same inside a request-like context (``route`` and ``view``: tagging on);
+* the cursor of a connection with transaction leases, outside any tag context: tagging off
+  plus the safety net's prefix test on each statement (``backends/leasing.py``);
 
 over a no-op DB-API cursor, so only the Python cost is measured. Runs alternate between the
-three (A B C A B C ...); medians of 7. A PostgreSQL round trip is 20-35 µs on loopback.
+four (A B C D A B C D ...); medians of 7. A PostgreSQL round trip is 20-35 µs on loopback.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ django.setup()
 from django.db import connections  # noqa: E402
 from django.db.backends.utils import CursorWrapper  # noqa: E402
 
-from django_dbpool.backends.cursors import tagging_cursor_class  # noqa: E402
+from django_dbpool.backends.cursors import TaggingCursorMixin, tagging_cursor_class  # noqa: E402
+from django_dbpool.backends.leasing import lease_cursor_mixin  # noqa: E402
 from django_dbpool.tagging import tag  # noqa: E402
 
 SQL = 'SELECT "bank_account"."id" FROM "bank_account" WHERE "bank_account"."id" = %s'
@@ -67,16 +70,22 @@ def run(wrapper: CursorWrapper) -> float:
 def main() -> None:
     db = connections["default"]
     tagged = tagging_cursor_class(CursorWrapper)
+    leased = tagging_cursor_class(CursorWrapper, lease_cursor_mixin(TaggingCursorMixin))
+    # A logical connection with transaction leases, outside any transaction or pin: what
+    # the safety net checks each statement for (no connection is needed for that).
+    db._dbpool_transaction = True
     results: dict[str, list[float]] = {
         "Django CursorWrapper": [],
         "tagging off": [],
         "tagging on": [],
+        "transaction leases, tagging off": [],
     }
     for _ in range(ROUNDS):
         results["Django CursorWrapper"].append(run(CursorWrapper(NoOpCursor(), db)))
         results["tagging off"].append(run(tagged(NoOpCursor(), db)))
         with tag(route="accounts/<int:pk>/", view="bank:account"):
             results["tagging on"].append(run(tagged(NoOpCursor(), db)))
+        results["transaction leases, tagging off"].append(run(leased(NoOpCursor(), db)))
     base = statistics.median(results["Django CursorWrapper"])
     print(
         f"Python {sys.version.split()[0]}, {STATEMENTS:,} statements per run, medians of {ROUNDS}"
