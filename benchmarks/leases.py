@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import json
 import os
 import platform
@@ -48,7 +47,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -56,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import harness
+import request_cpu
 import web
 from revision import revision
 
@@ -271,64 +270,6 @@ def run_group(url: str, vendor: str, scenarios: list[Scenario]) -> dict[str, lis
     return rows
 
 
-def cpu_request_environ(path: str) -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.url_scheme": "http",
-    }
-
-
-def cpu_run_in_this_process(path: str, requests: int) -> dict[str, Any]:
-    """One CPU run: :data:`THREADS` threads call ``path`` through Django's WSGI handler
-    (``request_started`` and ``request_finished`` included), ``requests`` in all after the
-    warm-up; the process's CPU time per request."""
-    from django.core.wsgi import get_wsgi_application
-
-    app = get_wsgi_application()
-    errors = [0] * THREADS
-    start = threading.Barrier(THREADS + 1)
-
-    def call() -> bool:
-        statuses: list[str] = []
-
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Callable[[bytes], object]:
-            statuses.append(status)
-            return lambda data: None
-
-        body = app(cpu_request_environ(path), start_response)
-        try:
-            b"".join(body)
-        finally:
-            body.close()  # request_finished
-        return statuses[0].startswith("200 ")
-
-    def worker(i: int) -> None:
-        for _ in range(CPU_WARMUP):
-            call()
-        start.wait()
-        for _ in range(requests // THREADS):
-            errors[i] += not call()
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    cpu, wall = time.process_time(), time.perf_counter()
-    for thread in threads:
-        thread.join()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    total = (requests // THREADS) * THREADS
-    return {"cpu_us": cpu / total * 1e6, "wall_us": wall / total * 1e6, "errors": sum(errors)}
-
-
 def cpu_measure(url: str, name: str) -> dict[str, Any]:
     """One CPU run of ``name`` on ``url`` in a fresh process."""
     contender = CONTENDERS[name]
@@ -415,7 +356,7 @@ def environment(elapsed_s: int) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if argv[1:2] == ["--cpu-run"]:
-        print(json.dumps(cpu_run_in_this_process(argv[2], int(argv[3]))))
+        print(json.dumps(request_cpu.run_in_this_process(argv[2], int(argv[3]), CPU_WARMUP)))
         return 0
     harness.require_wrk()
     urls = web.database_urls()

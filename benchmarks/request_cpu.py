@@ -59,10 +59,10 @@ WARMUP = 100
 RUN_TIMEOUT = 600
 
 
-def request_environ() -> dict[str, Any]:
+def request_environ(path: str = "/item") -> dict[str, Any]:
     return {
         "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/item",
+        "PATH_INFO": path,
         "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1",
@@ -72,9 +72,13 @@ def request_environ() -> dict[str, Any]:
     }
 
 
-def run_in_this_process() -> dict[str, Any]:
-    """One run: :data:`THREADS` threads, :data:`REQUESTS` requests in all after the warm-up;
-    the settings come from the environment (``harness.site_environment``)."""
+def run_in_this_process(
+    path: str = "/item", requests: int = REQUESTS, warmup: int = WARMUP
+) -> dict[str, Any]:
+    """One run: :data:`THREADS` threads call ``path`` through Django's WSGI handler,
+    ``warmup`` times each, then ``requests`` times in all; the process's CPU time per measured
+    request. The settings come from the environment (``harness.site_environment``).
+    ``benchmarks/leases.py`` runs it too."""
     from django.core.wsgi import get_wsgi_application
 
     app = get_wsgi_application()
@@ -90,7 +94,7 @@ def run_in_this_process() -> dict[str, Any]:
             statuses.append(status)
             return lambda data: None
 
-        body = app(request_environ(), start_response)
+        body = app(request_environ(path), start_response)
         try:
             b"".join(body)
         finally:
@@ -98,22 +102,22 @@ def run_in_this_process() -> dict[str, Any]:
         return statuses[0].startswith("200 ")
 
     def worker(i: int) -> None:
-        for _ in range(WARMUP):
+        for _ in range(warmup):
             call()
         start.wait()
-        for _ in range(REQUESTS // THREADS):
+        for _ in range(requests // THREADS):
             if not call():
                 errors[i] += 1
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
     for thread in threads:
         thread.start()
+    start.wait()  # every thread has warmed up: the measured requests start now
     cpu, wall = time.process_time(), time.perf_counter()
-    start.wait()
     for thread in threads:
         thread.join()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    total = (REQUESTS // THREADS) * THREADS
+    total = (requests // THREADS) * THREADS
     return {"cpu_us": cpu / total * 1e6, "wall_us": wall / total * 1e6, "errors": sum(errors)}
 
 
