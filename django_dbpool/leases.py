@@ -82,11 +82,11 @@ def pinned(using: Any = None) -> Any:
     decorated function, in the current thread, with transaction leases: a context manager
     and a decorator, written ``@pinned`` or ``@pinned(using="other")``.
 
-    A pin raises nothing and connects nothing by itself; the connection is taken at the
+    A pin connects nothing by itself; the connection is taken at the
     first statement, as usual, and given back at the block's end (or at the end of the
     outermost ``atomic()`` or the last open cursor, whichever comes last). Other threads are
     not affected. Raises ``TypeError`` when decorating a coroutine function, and
-    ``ProgrammingError`` from ``connections[using]`` for an unknown alias, at entry."""
+    ``ConnectionDoesNotExist`` from ``connections[using]`` for an unknown alias, at entry."""
     if callable(using):
         return Pinned()(using)
     if using is not None and not isinstance(using, str):

@@ -218,15 +218,11 @@ class PooledWrapperMixin(LeasingMixin):
         return self._dbpool_pool()
 
     def _dbpool_pool(self) -> Pool[Any]:
-        # The checkout path: the caller already knows pooling is on for this wrapper. A pool
-        # closed by hand (pool.close()) is replaced, as close_pool() would have it.
-        entry = _pools.get(self.alias)
-        if entry is not None and not entry.pool.closed and self._dbpool_matches(entry):
-            return entry.pool
-        return self._dbpool_replace_pool().pool
+        return self._dbpool_entry().pool
 
     def _dbpool_entry(self) -> _Entry:
-        # _dbpool_pool(), with the alias's options.
+        # The checkout path: the caller already knows pooling is on for this wrapper. A pool
+        # closed by hand (pool.close()) is replaced, as close_pool() would have it.
         entry = _pools.get(self.alias)
         if entry is not None and not entry.pool.closed and self._dbpool_matches(entry):
             return entry
