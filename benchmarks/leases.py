@@ -32,8 +32,8 @@ start with 4), so that no contender pays for it in a measured round.
 Environment: ``BENCH_ROUNDS`` (4), ``BENCH_SECONDS`` (5, per measurement), ``BENCH_WARMUP``
 (1, before each measurement), ``BENCH_CPU_ROUNDS`` (6), ``BENCH_REQUESTS`` (1000 per CPU
 run), ``BENCH_SCENARIOS`` (all; a comma-separated
-subset of the scenarios' keys and ``cpu``, for a quick look, not for the report). Writes
-``results/leases.json``.
+subset of the scenarios' keys and ``cpu``, for a quick look, not for the report),
+``BENCH_OUT`` (``leases.json``: the file written in ``results/``).
 """
 
 from __future__ import annotations
@@ -82,16 +82,20 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Contender:
     label: str
-    #: benchsite's BENCH_CONTENDER, connections per process, django_dbpool's LEASE, MIN_SIZE.
+    #: benchsite's BENCH_CONTENDER, connections per process, django_dbpool's LEASE, MIN_SIZE,
+    #: the "bound" site's BENCH_BOUND_SCOPE.
     site: str
     pool_size: int
     lease: str = ""
     min_size: int | None = None
+    bound_scope: str = ""
 
     def extra(self) -> dict[str, str]:
         extra = {"BENCH_LEASE": self.lease} if self.lease else {}
         if self.min_size is not None:
             extra["BENCH_MIN_SIZE"] = str(self.min_size)
+        if self.bound_scope:
+            extra["BENCH_BOUND_SCOPE"] = self.bound_scope
         return extra
 
 
@@ -120,6 +124,15 @@ CONTENDERS = {
     "request_64": Contender(
         "django_dbpool, request leases, MAX_SIZE 64", "dbpool", 64, "request", min_size=4
     ),
+    # No pool: persistent connections, and a semaphore of 2 places per process that a thread
+    # holds from each cursor's opening to its closing (benchsite.bounded). The least that a
+    # lease per statement with 2 connections can cost: waiting and waking, nothing else.
+    "bound_statement_2": Contender(
+        "no pool: persistent connections, 2 statements at a time per process (floor)",
+        "bound",
+        2,
+        bound_scope="statement",
+    ),
     "native_4": Contender("Django's native pool, max_size 4", "native", 4),
     "realpool_4": Contender("django-pg-real-pool 1.1.0, max_size 4", "realpool", 4),
 }
@@ -146,7 +159,7 @@ SCENARIOS = (
         "gunicorn_item",
         False,
         "/item",
-        ("transaction_2_aa", "persistent", "transaction_2"),
+        ("transaction_2_aa", "persistent", "transaction_2", "bound_statement_2"),
         ("postgresql", "mysql"),
     ),
     Scenario(
@@ -407,7 +420,7 @@ def main(argv: list[str]) -> int:
         "cpu": cpu,
         "failures": failures,
     }
-    out = web.RESULTS / "leases.json"
+    out = web.RESULTS / os.environ.get("BENCH_OUT", "leases.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {out.relative_to(harness.ROOT)}; elapsed {elapsed_s} s")

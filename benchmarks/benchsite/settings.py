@@ -6,6 +6,8 @@
 - ``BENCH_MIN_SIZE``: connections each pool opens at the start (default: the pool size).
 - ``BENCH_LEASE``: django_dbpool's ``LEASE`` (``request`` or ``transaction``); unset, its
   default.
+- ``BENCH_BOUND_SCOPE``: how long the "bound" contender keeps a place, ``request`` (default)
+  or ``statement`` (see ``benchsite.bounded``).
 
 Everything else is the same for every contender: no middleware that touches the database,
 no sessions, no templates.
@@ -36,6 +38,11 @@ if CONTENDER not in CONTENDERS:
 POOL_SIZE = int(os.environ.get("BENCH_POOL_SIZE", "4"))
 MIN_SIZE = int(os.environ.get("BENCH_MIN_SIZE", str(POOL_SIZE)))
 LEASE = os.environ.get("BENCH_LEASE", "")
+BOUND_SCOPE = os.environ.get("BENCH_BOUND_SCOPE", "request")
+if BOUND_SCOPE not in ("request", "statement"):
+    raise ImproperlyConfigured(
+        f"BENCH_BOUND_SCOPE={BOUND_SCOPE!r} is not one of ['request', 'statement']."
+    )
 
 SECRET_KEY = "benchmark-only-not-a-secret"
 DEBUG = False
