@@ -46,9 +46,10 @@ def parse_database_url(url: str | None, *, setting: str = "DATABASE_URL") -> dic
 
 
 def __getattr__(name: str) -> Any:
-    # pinned() and SessionStatementError (django_dbpool.leases), imported on first use: this
-    # package is imported by settings modules, before Django is set up.
-    if name in ("pinned", "Pinned", "SessionStatementError"):
+    # pinned(), connection_scope() and SessionStatementError (django_dbpool.leases),
+    # imported on first use: this package is imported by settings modules, before Django is
+    # set up.
+    if name in ("pinned", "Pinned", "SessionStatementError", "connection_scope"):
         from . import leases
 
         return getattr(leases, name)
