@@ -13,7 +13,7 @@ test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) tests/dbservers.py --postgres --mysql -- $(MAKE) --no-print-directory suites
+	$(PY) tests/dbservers.py --postgres --mysql --redis -- $(MAKE) --no-print-directory suites
 	$(VENV)/bin/tox -e packaging
 
 # Every run happens (needs the servers' URLs, see tests/dbservers.py); fails if any failed.

@@ -11,6 +11,7 @@ class DbPoolConfig(AppConfig):
     def ready(self) -> None:
         # Wiring only: no I/O, no database. Importing the module registers the checks.
         from . import checks  # noqa: F401
+        from .celery import install as install_celery
         from .conf import app_settings
         from .metrics import install as install_metrics
         from .shutdown import install
@@ -18,4 +19,5 @@ class DbPoolConfig(AppConfig):
 
         install(handlers=app_settings.SHUTDOWN_HANDLERS)
         tag_management_command()
+        install_celery()
         install_metrics()

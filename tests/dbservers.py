@@ -5,9 +5,9 @@ Standard library only, so it runs before any virtualenv exists.
 Command line::
 
     python tests/dbservers.py ensure                      # install missing server binaries
-    python tests/dbservers.py [--postgres] [--mysql] [--pgbouncer] -- COMMAND [ARGS...]
+    python tests/dbservers.py [--postgres] [--mysql] [--pgbouncer] [--redis] -- COMMAND [ARGS...]
 
-The second form starts the servers (both when neither flag is given), exports
+The second form starts the servers (both databases when no flag is given), exports
 ``DBPOOL_TEST_POSTGRES_URL`` / ``DBPOOL_TEST_MYSQL_URL`` (and ``DBPOOL_TEST_POSTGRES_LOG``,
 the server's log file) to COMMAND, waits for it, then
 stops the servers and deletes their files whatever happened, and exits with COMMAND's
@@ -31,6 +31,10 @@ first use.
 mode in front of that PostgreSQL and exports its URL as ``DBPOOL_TEST_PGBOUNCER_URL``: same
 user and password (SCRAM), TLS verified on both sides, listening on 127.0.0.1 only. From
 Python: ``with pgbouncer(postgres_url) as bouncer: ... bouncer.url``.
+
+``--redis`` also starts Debian's redis-server, a message broker for the Celery worker tests,
+and exports its URL as ``DBPOOL_TEST_REDIS_URL`` (``redis://:PASSWORD@127.0.0.1:PORT/0``):
+listening on 127.0.0.1 only, with a password, persisting nothing to disk.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ POSTGRES_SOCKET_VAR = "DBPOOL_TEST_POSTGRES_SOCKET_DIR"
 MYSQL_SOCKET_VAR = "DBPOOL_TEST_MYSQL_SOCKET"
 # PgBouncer in transaction pooling mode in front of that PostgreSQL (--pgbouncer).
 PGBOUNCER_URL_VAR = "DBPOOL_TEST_PGBOUNCER_URL"
+# A Redis server (--redis): the broker of the Celery worker tests.
+REDIS_URL_VAR = "DBPOOL_TEST_REDIS_URL"
 SERVER_USER = "dbpool"
 DATABASE_NAME = "dbpool"
 START_TIMEOUT = 90.0
@@ -87,6 +93,8 @@ DEBIAN_PACKAGES = {
     # Network partitions on loopback for the fault tests: rules that drop packets
     # (tests/partition.py).
     "nftables": ["nftables"],
+    # The message broker of the Celery worker tests (tests/test_celery_worker.py).
+    "redis": ["redis-server"],
 }
 
 
@@ -123,6 +131,11 @@ def pgbouncer_binary() -> str | None:
     return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
 
 
+def redis_binary() -> str | None:
+    """Debian's ``redis-server`` executable, or None."""
+    return shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin")
+
+
 def nft_binary() -> str | None:
     """nftables' ``nft`` (Debian installs it in /usr/sbin), or None."""
     return shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
@@ -155,6 +168,8 @@ def missing_packages() -> list[str]:
         missing += DEBIAN_PACKAGES["wrk"]
     if nft_binary() is None:
         missing += DEBIAN_PACKAGES["nftables"]
+    if redis_binary() is None:
+        missing += DEBIAN_PACKAGES["redis"]
     return missing
 
 
@@ -162,7 +177,9 @@ def ensure_packages() -> int:
     """Install missing Debian packages when root; otherwise print the command to run."""
     missing = missing_packages()
     if not missing:
-        print("dbservers: PostgreSQL, MariaDB, PgBouncer and build dependencies are present.")
+        print(
+            "dbservers: PostgreSQL, MariaDB, PgBouncer, Redis and build dependencies are present."
+        )
         return 0
     command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
     if os.geteuid() != 0:
@@ -602,6 +619,49 @@ class PgBouncerServer(_Server):
         )
 
 
+class RedisServer(_Server):
+    """A Redis server on loopback with a password: a broker for the Celery worker tests.
+    Nothing is written to disk but its log (no snapshots, no append-only file)."""
+
+    name = "redis"
+
+    def start(self) -> None:
+        binary = redis_binary()
+        if binary is None:
+            raise LauncherError("redis-server not found; run: python tests/dbservers.py ensure")
+        conf = self.dir / "redis.conf"
+        conf.write_text(
+            "bind 127.0.0.1\n"
+            f"port {self.port}\n"
+            f"requirepass {self.password}\n"
+            "daemonize no\n"
+            f"dir {self.dir}\n"
+            'logfile ""\n'
+            'save ""\n'
+            "appendonly no\n"
+            "databases 4\n"
+        )
+        conf.chmod(0o600)
+        self._own(conf)
+        self._spawn([binary, str(conf)])
+        self._wait_ready(self._ready)
+
+    def _ready(self) -> bool:
+        # RESP: AUTH with the password answers +OK once the server serves commands.
+        password = self.password.encode()
+        command = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(password), password)
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(command)
+                return sock.recv(5).startswith(b"+OK")
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+
 def _ini_quote(value: str) -> str:
     # PgBouncer's user list: double quotes, a literal one doubled.
     return value.replace('"', '""')
@@ -621,13 +681,13 @@ def pgbouncer(postgres_url: str, pool_size: int = 20) -> Iterator[PgBouncerServe
 
 @contextlib.contextmanager
 def database_servers(
-    postgres: bool = True, mysql: bool = True, pgbouncer: bool = False
+    postgres: bool = True, mysql: bool = True, pgbouncer: bool = False, redis: bool = False
 ) -> Iterator[dict[str, str]]:
     """Start the requested servers; yield their URLs by variable name; always clean up.
 
     A server whose variable is already set in the environment is not started: the given
     URL is yielded instead. ``pgbouncer`` (which implies ``postgres``) adds PgBouncer in
-    transaction pooling mode in front of that PostgreSQL.
+    transaction pooling mode in front of that PostgreSQL; ``redis`` a Redis server.
     """
     urls: dict[str, str] = {}
     postgres = postgres or pgbouncer
@@ -638,6 +698,7 @@ def database_servers(
     choices: tuple[tuple[bool, str, type[_Server]], ...] = (
         (postgres, POSTGRES_URL_VAR, PostgresServer),
         (mysql, MYSQL_URL_VAR, MariaDBServer),
+        (redis, REDIS_URL_VAR, RedisServer),
     )
     for enabled, var, cls in choices:
         if not enabled:
@@ -739,11 +800,15 @@ def wait_child(child: subprocess.Popen[bytes], interrupt: signal.Signals = signa
     return 128 - status if status < 0 else status
 
 
-def run(command: list[str], postgres: bool, mysql: bool, pgbouncer: bool = False) -> int:
+def run(
+    command: list[str], postgres: bool, mysql: bool, pgbouncer: bool = False, redis: bool = False
+) -> int:
     """Run COMMAND with the servers up; return its exit status."""
     interrupt_on_sigterm()
     try:
-        with database_servers(postgres=postgres, mysql=mysql, pgbouncer=pgbouncer) as urls:
+        with database_servers(
+            postgres=postgres, mysql=mysql, pgbouncer=pgbouncer, redis=redis
+        ) as urls:
             for var, url in urls.items():
                 print(f"dbservers: {var}={redact(url)}", flush=True)
             return wait_child(subprocess.Popen(command, env={**os.environ, **urls}))
@@ -762,7 +827,7 @@ def main(argv: list[str]) -> int:
         return 2
     split = argv.index("--")
     flags, command = argv[:split], argv[split + 1 :]
-    unknown = set(flags) - {"--postgres", "--mysql", "--pgbouncer"}
+    unknown = set(flags) - {"--postgres", "--mysql", "--pgbouncer", "--redis"}
     if unknown or not command:
         print(__doc__, file=sys.stderr)
         return 2
@@ -772,6 +837,7 @@ def main(argv: list[str]) -> int:
         postgres=both or "--postgres" in flags,
         mysql=both or "--mysql" in flags,
         pgbouncer="--pgbouncer" in flags,
+        redis="--redis" in flags,
     )
 
 

@@ -234,3 +234,39 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_launcher_starts_redis_on_loopback_with_a_password_then_cleans_up(
+    fresh_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    monkeypatch.delenv(dbservers.REDIS_URL_VAR, raising=False)
+    with dbservers.database_servers(postgres=False, mysql=False, redis=True) as urls:
+        assert set(urls) == {dbservers.REDIS_URL_VAR}
+        url = urls[dbservers.REDIS_URL_VAR]
+        parts = urlsplit(url)
+        assert parts.hostname == "127.0.0.1"
+        (pid,) = [
+            int(entry.name)
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit()
+            and "redis-server" in _cmdline(entry)
+            and f":{parts.port}" in _cmdline(entry)
+        ]
+        client = redis.Redis.from_url(url)
+        try:
+            assert client.ping()
+            # Nothing is persisted: no snapshots, no append-only file.
+            assert client.config_get("save") == {"save": ""}
+            assert client.config_get("appendonly") == {"appendonly": "no"}
+        finally:
+            client.close()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=parts.port, password="wrong").ping()
+
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+    assert list(fresh_environment.iterdir()) == []

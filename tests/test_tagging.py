@@ -204,6 +204,37 @@ def test_management_commands_are_tagged_with_their_name() -> None:
     assert "command='shell'" in out, out
 
 
+@pytest.mark.django_db(transaction=True)
+def test_celery_tasks_are_tagged_with_their_name_and_only_while_they_run() -> None:
+    # Celery's own task_prerun/task_postrun signals, sent around an eager run as a worker
+    # sends them around each task; a real worker's tasks: tests/test_celery_worker.py.
+    from celery import Celery
+
+    app = Celery("tagging", fixups=())
+    seen: list[str] = []
+
+    @app.task(name="reports.nightly")
+    def nightly() -> None:
+        seen.append(own_query_text())
+        seen.append(tagging.holder_info() or "")
+
+    try:
+        nightly.apply().get()
+        with tag(route="export/"):
+            nightly.apply().get()
+            inside_route = own_query_text()
+    finally:
+        app.close()
+    assert "task='reports.nightly'" in seen[0], seen
+    assert "task=reports.nightly" in seen[1]
+    # An eager run inside a tagged block keeps the block's tags, which come back after it.
+    assert "task='reports.nightly'" in seen[2]
+    assert f"route='{encoded('export/')}'" in seen[2]
+    assert "task=" not in inside_route
+    assert "route=" in inside_route
+    assert tagging.current_tags() is None
+
+
 def test_leak_warnings_name_the_holders_tags(caplog: pytest.LogCaptureFixture) -> None:
     from django_dbpool.pool import Pool
     from tests.pool.fakes import FakeAdapter, FakeDriver, closing

@@ -97,8 +97,12 @@ def session_statement(sql: Any) -> bool:
     return False
 
 
-# Where a caller's code starts: the first frame outside Django and django_dbpool.
-_INTERNAL = ("django.", "django_dbpool.")
+# Where a caller's code starts: the first frame outside Django, django_dbpool and Celery's
+# Django fixup. The fixup reads every wrapper's ``connection`` in a new prefork child to close
+# the descriptor the child inherited: a parked wrapper must answer None there (the child's
+# fork handler has forgotten the inherited connection) rather than lease a new connection for
+# the fixup to close the socket of.
+_INTERNAL = ("django.", "django_dbpool.", "celery.fixups.django")
 
 
 # django.db.connection, the proxy to the default alias's wrapper: its reader is the caller.
@@ -228,7 +232,7 @@ class LeasingMixin(_Base):
         """The driver connection, as Django's attribute. With transaction leases, user code
         that reads it pins the lease until ``close()`` (taking one first if parked): it may
         keep the object and use it at any time. Django's and django_dbpool's own reads do
-        not pin."""
+        not pin, nor does Celery's Django fixup's as a prefork child starts."""
         conn = self._dbpool_conn
         if self._dbpool_watch_raw and not _internal(sys._getframe(1)):
             conn = self._dbpool_take_raw()
