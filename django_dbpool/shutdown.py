@@ -4,12 +4,18 @@
 
 - SIGTERM and SIGINT handlers, in the main thread only, that mark the process draining and
   then **chain** to the handler installed before them (gunicorn's, uvicorn's, runserver's,
-  Celery's), so the server keeps its own graceful behaviour. Where that earlier handler was
-  the default one, the process closes its pools within about a second (idle connections
-  closed, the main thread's connection rolled back and closed, statements in flight cut
-  off) and then dies of the same signal, with the conventional exit status. A second signal
-  during a drain stops the wait. A handler installed outside Python (``getsignal()`` gives
-  None: an embedding server such as uWSGI) is left in place.
+  Celery's), so the server keeps its own graceful behaviour. The server then decides when
+  the process ends, and may end it in a way that skips ``atexit`` (uvicorn, once its
+  requests are done, restores the default action and raises the signal again): so the
+  pools also retire (:meth:`Pool.retire <django_dbpool.pool.Pool.retire>`), giving every
+  connection back to the database as soon as nothing uses it, while requests in flight
+  still get one whenever they ask. (Python's own SIGINT handler, which raises
+  ``KeyboardInterrupt``, is not a server's: the pools stay as they are.) Where the earlier
+  handler was the default one, the process closes its pools within about a second (idle
+  connections closed, the main thread's connection rolled back and closed, statements in
+  flight cut off) and then dies of the same signal, with the conventional exit status. A
+  second signal during a drain stops the wait. A handler installed outside Python
+  (``getsignal()`` gives None: an embedding server such as uWSGI) is left in place.
 - an ``atexit`` hook that drains every pool: borrowed connections get up to
   ``DRAIN_TIMEOUT`` to come back (those of threads that have exited come back at once), then
   every connection is closed cleanly (an open transaction is rolled back by the server when
@@ -155,6 +161,11 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     _draining.set()
     previous = _previous.get(signum, signal.SIG_DFL)
     if callable(previous):
+        if previous is not signal.default_int_handler:
+            # A server's handler: the server ends the process when its requests are done,
+            # maybe without atexit (uvicorn dies of the signal it caught). The pools give
+            # their connections back as soon as nothing uses them.
+            _off_the_main_thread(_retire_all_pools, 0)
         previous(signum, frame)
         return
     if previous == signal.SIG_IGN:
@@ -166,6 +177,13 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     _off_the_main_thread(lambda: _close_before_dying(own), EXIT_DRAIN_SECONDS + 1.0)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _retire_all_pools() -> None:
+    from .backends.base import pools
+
+    for pool in pools().values():
+        pool.retire()
 
 
 def _own_connections() -> list[tuple[Pool[Any], Any, bool]]:

@@ -178,3 +178,173 @@ def stop_gracefully(server: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+# -- the ASGI test site (tests/asgisite) under real ASGI servers ------------------------------
+
+#: The ASGI servers the tests start: uvicorn's own process manager, gunicorn with uvicorn
+#: workers, daphne (one process).
+ASGI_SERVERS = ("uvicorn", "gunicorn", "daphne")
+
+
+def asgisite_env(
+    database_url: str, stats_dir: str | os.PathLike[str], **extra: str
+) -> dict[str, str]:
+    """The environment of a process of the ASGI test site."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DBPOOL_STATS_DIR": str(stats_dir),
+        "DJANGO_SETTINGS_MODULE": "tests.asgisite.settings",
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def asgisite_django(database_url: str, stats_dir: str | os.PathLike[str], *args: str) -> None:
+    """``django-admin ARGS`` for the ASGI test site (``migrate --run-syncdb``, say)."""
+    subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        env=asgisite_env(database_url, stats_dir),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+
+
+def asgi_command(server: str, port: int, workers: int = 2) -> list[str]:
+    """The command line that serves the ASGI test site with ``server`` (one of
+    :data:`ASGI_SERVERS`) on 127.0.0.1:``port``; daphne runs one process whatever
+    ``workers`` says."""
+    app = "tests.asgisite.asgi:application"
+    if server == "uvicorn":
+        return [
+            *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)),
+            *("--workers", str(workers), "--no-access-log", "--timeout-graceful-shutdown", "60"),
+        ]
+    if server == "gunicorn":
+        return [
+            *(sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}"),
+            *("--worker-class", "uvicorn_worker.UvicornWorker", "--workers", str(workers)),
+            *("--chdir", str(ROOT), "--no-control-socket", "--graceful-timeout", "60"),
+        ]
+    if server == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+    raise ValueError(f"unknown ASGI server {server!r}, not one of {ASGI_SERVERS}")
+
+
+@contextmanager
+def asgi_server(
+    server: str,
+    database_url: str,
+    stats_dir: str | os.PathLike[str],
+    workers: int = 2,
+    log: str | os.PathLike[str] | None = None,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The ASGI test site under ``server`` (see :func:`asgi_command`) on a free port: yields
+    the server's main process and the base URL once ``/health/live`` answers; stopped with
+    :func:`stop_gracefully` afterwards if still running. Its output goes to ``log``."""
+    port = free_port()
+    with open(log or os.devnull, "ab") as output:
+        process = subprocess.Popen(
+            asgi_command(server, port, workers),
+            env=asgisite_env(database_url, stats_dir),
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(process, base)
+        yield process, base
+    finally:
+        stop_gracefully(process)
+
+
+def pool_snapshots(stats_dir: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """The live processes' pool stats snapshots in ``stats_dir``, by pid (see
+    ``django_dbpool.snapshots``)."""
+    from django_dbpool.snapshots import read_snapshots
+
+    return {int(s["pid"]): s for s in read_snapshots(Path(stats_dir))}
+
+
+def wait_for_pools_at_rest(
+    stats_dir: str | os.PathLike[str], pids: set[int], after: float, limit: float = 30
+) -> dict[int, dict[str, Any]]:
+    """Wait until each of ``pids`` has published a snapshot since ``after`` (a
+    ``time.time()``) in which no pool has a connection in use, or ``limit`` seconds pass:
+    the last snapshots of ``pids`` (those missing are left out)."""
+    deadline = time.monotonic() + limit
+    while True:
+        snapshots = {p: s for p, s in pool_snapshots(stats_dir).items() if p in pids}
+        at_rest = len(snapshots) == len(pids) and all(
+            s["updated_at"] > after
+            and all(pool["stats"]["gauges"]["in_use"] == 0 for pool in s["pools"].values())
+            for s in snapshots.values()
+        )
+        if at_rest or time.monotonic() >= deadline:
+            return snapshots
+        time.sleep(0.1)
+
+
+class SessionSampler:
+    """Samples the real database's session count (see :func:`app_sessions`) every
+    ``interval`` seconds on a thread of its own, through one connection kept open, from
+    :meth:`start` to :meth:`stop`: ``samples`` and ``peak``."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import threading
+
+        self.interval = interval
+        self.samples: list[int] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="session sampler", daemon=True)
+
+    @property
+    def peak(self) -> int:
+        return max(self.samples, default=0)
+
+    def _run(self) -> None:
+        from tests.backends.test_pooling import raw_connection
+
+        if settings.DATABASE_VENDOR == "postgresql":
+            sql = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            )
+        else:
+            sql = (
+                "SELECT COUNT(*) FROM information_schema.processlist"
+                " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            )
+        try:
+            with raw_connection(database="real") as conn:
+                cursor = conn.cursor()
+                self._ready.set()
+                while not self._stop.is_set():
+                    cursor.execute(sql)
+                    self.samples.append(int(cursor.fetchone()[0]))
+                    self._stop.wait(self.interval)
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def start(self) -> SessionSampler:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join(30)
+        assert self.error is None, f"sampling the sessions failed: {self.error!r}"
+        assert self.samples, "no session count was sampled"
+        return self.samples

@@ -251,6 +251,7 @@ class Maintenance(PoolState[C]):
         to_probe: list[Slot[C]] = []
         leaks: list[tuple[Holder, float]] = []
         orphans: list[Slot[C]] = []
+        retired: list[Slot[C]] = []
         with self._lock:
             if self._closed:
                 return
@@ -283,7 +284,13 @@ class Maintenance(PoolState[C]):
                     self._leaks += 1
                     leaks.append((holder, now - slot.acquired_at))
             self._orphans += len(orphans)
+            if self._retiring and not self._out and not self._waiters:
+                # Retiring, and the last connection out did not come back through release()
+                # (its thread exited: reclaimed below, and closed then): nothing stays idle.
+                retired = self._take_idle_locked()
             self._wake_connector_locked()
+        for slot in retired:
+            self._close_slot(slot, "shutdown")
         for slot in expired:
             self._close_slot(slot, "lifetime")
         for slot in idle_out:

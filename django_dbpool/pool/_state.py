@@ -86,6 +86,7 @@ class PoolState(Generic[C]):
         self._unavailable = False
         self._last_error: BaseException | None = None
         self._abort_drain = False
+        self._retiring = False  # see Pool.retire
         self._returned_after_close = 0
         self._acquired = 0
         self._timeouts = 0
@@ -146,18 +147,27 @@ class PoolState(Generic[C]):
 
     def _put_locked(self, slot: Slot[C], now: float) -> bool:
         # Hands an owned, usable slot to the oldest waiter, else makes it idle at its place in
-        # last-used order. False if the pool is closed: the caller must close the slot.
+        # last-used order. False if the pool is closed, or retiring with nothing checked out:
+        # the caller must close the slot.
         if self._closed:
             return False
         if self._waiters:
             self._serve_oldest_locked(slot, now)
             return True
+        if self._retiring and not self._out:
+            return False  # nothing in use: back to the server (see Pool.retire)
         idle = self._idle
         i = len(idle)
         while i and idle[i - 1].last_used > slot.last_used:
             i -= 1
         idle.insert(i, slot)
         return True
+
+    def _take_idle_locked(self) -> list[Slot[C]]:
+        # Empties the idle list; the caller closes what it returns, off the lock.
+        idle = list(self._idle)
+        self._idle.clear()
+        return idle
 
     def _mark_suspects_locked(self, created: float) -> None:
         # One dead connection usually means the server restarted or a middlebox dropped its
@@ -209,7 +219,9 @@ class PoolState(Generic[C]):
         if total >= self.options.max_size or self._closed:
             return False
         return (
-            len(self._waiters) > self._opening or total < self.options.min_size or self._unavailable
+            len(self._waiters) > self._opening
+            or (total < self.options.min_size and not self._retiring)
+            or self._unavailable
         )
 
     def _wake_connector_locked(self) -> None:

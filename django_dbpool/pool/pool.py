@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 from typing import Generic, TypeVar
 
@@ -144,6 +144,7 @@ class Pool(Maintenance[C]):
                 logger.warning("pool %r: reset check failed", self.name, exc_info=True)
                 reason = "reset_failed"
         now = self._clock()
+        retired: Sequence[Slot[C]] = ()
         with self._lock:
             slot = self._out.pop(id(conn), None)
             if slot is not None:
@@ -158,9 +159,15 @@ class Pool(Maintenance[C]):
                     slot.last_used = slot.last_ok = now
                     waiters = self._waiters
                     if not waiters:
-                        self._idle.append(slot)
+                        if not self._retiring or self._out:
+                            self._idle.append(slot)
+                            return
+                        # Retiring and this was the last one out: it goes back to the
+                        # server, and every idle one with it (see retire()).
+                        reason = "shutdown"
                     elif waiters[0].passed >= MAX_PASSES:
                         self._serve_oldest_locked(slot, now)
+                        return
                     else:
                         # Bounded barging (see MAX_PASSES): idle, and the oldest waiter is
                         # woken to come for it.
@@ -168,8 +175,8 @@ class Pool(Maintenance[C]):
                         oldest.passed += 1
                         self._idle.append(slot)
                         oldest.wake()
-                    return
-                if self._closed:
+                        return
+                elif self._closed:
                     reason = "shutdown"
                     self._returned_after_close += 1
                     self._drained.notify_all()
@@ -177,10 +184,14 @@ class Pool(Maintenance[C]):
                     reason = "lifetime"
                 elif reason == "broken":
                     self._mark_suspects_locked(slot.created)
+                if self._retiring and not self._out and not self._waiters:
+                    retired = self._take_idle_locked()
         if slot is None:
             self._release_unknown(conn)
             return
         assert reason is not None
+        for other in retired:
+            self._close_slot(other, "shutdown")
         self._close_slot(slot, reason)
 
     def share(self, conn: C) -> None:
@@ -299,6 +310,32 @@ class Pool(Maintenance[C]):
                 pending,
             )
         return CloseResult(closed=closed, force_closed=len(forced) + len(cutting), pending=pending)
+
+    def retire(self) -> int:
+        """Give every connection back to the database as soon as nothing uses it, while
+        checkouts go on: for a process that its server is about to end, on the server's
+        schedule rather than through :meth:`close` (uvicorn, say, kills itself with the
+        signal it caught once its requests are done, which skips ``atexit``). Idempotent.
+
+        From this call on, the pool keeps idle connections only while another is checked
+        out (a request still running will likely want one): when the last checked-out
+        connection comes back and no caller waits, it is closed, and every idle one with it.
+        Nothing in flight is refused a connection: a checkout that finds none idle opens one
+        as usual. ``MIN_SIZE`` is no longer kept up. Closed connections count as
+        ``closed["shutdown"]``. Returns how many idle connections this call closed (all of
+        them when none is checked out, else none).
+        """
+        with self._lock:
+            self._retiring = True
+            idle = [] if self._out or self._closed else self._take_idle_locked()
+        for slot in idle:
+            self._close_slot(slot, "shutdown")
+        return len(idle)
+
+    @property
+    def retiring(self) -> bool:
+        """True once :meth:`retire` has been called (in this process)."""
+        return self._retiring
 
     def cut_off(self, thread: threading.Thread) -> int:
         """Cut off the connections ``thread`` has checked out, as ``close(force=True)``

@@ -46,7 +46,8 @@ BUCKETS_SECONDS: tuple[float, ...] = (
 
 #: Why connections were closed; the keys of :attr:`PoolStats.closed`.
 #: idle: unused past MAX_IDLE; lifetime: older than MAX_LIFETIME; broken: released as broken
-#: or failed a probe; reset_failed: could not be reset on release; shutdown: pool closed.
+#: or failed a probe; reset_failed: could not be reset on release; shutdown: pool closed, or
+#: retiring (Pool.retire).
 CLOSE_REASONS: tuple[str, ...] = ("idle", "lifetime", "broken", "reset_failed", "shutdown")
 
 #: Why a lease outlived a point where a transaction-scoped lease is given back; the keys of
