@@ -60,6 +60,18 @@ test-faults: system-deps $(STAMP)
 		exit $$rc'
 	$(PY) -m tests.faults.report
 
+## test-servers: the real-server scenarios in full (uvicorn, gunicorn with uvicorn workers,
+## daphne, Celery with Redis) on PostgreSQL and MariaDB; make test runs a short version.
+.PHONY: test-servers
+test-servers: system-deps $(STAMP)
+	$(PY) tests/dbservers.py --postgres --mysql --redis -- sh -c '\
+		rc=0; \
+		for db in postgresql mysql; do \
+			DBPOOL_SERVERS=full DBPOOL_TEST_DATABASE=$$db $(PY) -m pytest $(PYTEST_ARGS) \
+				tests/test_asgi_servers.py tests/test_celery_worker.py || rc=1; \
+		done; \
+		exit $$rc'
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

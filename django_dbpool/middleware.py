@@ -12,7 +12,8 @@ logged once on the ``django_dbpool`` logger:
   session, the network failed (:func:`django_dbpool.retry.lost_connection_alias`; logged
   with the alias).
 
-Every other exception is left alone: Django answers it with its 500.
+Every other exception is left alone: Django answers it with its 500. A project without a
+template engine that finds the app's templates gets a plain-text 503 instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 
 from django.http import HttpRequest, HttpResponse
+from django.template import TemplateDoesNotExist
 from django.template.loader import render_to_string
 from django.utils.deprecation import MiddlewareMixin
 
@@ -39,6 +41,9 @@ logger = logging.getLogger("django_dbpool")
 
 #: The errors that mean "no connection for you now", not "your request is wrong".
 POOL_ERRORS = (PoolTimeout, PoolExhausted, PoolUnavailable)
+#: The 503's body where ``django_dbpool/unavailable.html`` cannot be found (no template
+#: engine with ``APP_DIRS``, say): a 503 all the same, never a 500.
+PLAIN_TEXT = "Service unavailable: the database cannot serve this request now. Try again soon.\n"
 
 
 def unavailable_response(
@@ -60,9 +65,12 @@ def unavailable_response(
             " ".join(str(error).split()),  # one line: libpq's messages span several
             extra={"request": request},
         )
-    response = HttpResponse(
-        render_to_string("django_dbpool/unavailable.html", request=request), status=503
-    )
+    try:
+        response = HttpResponse(
+            render_to_string("django_dbpool/unavailable.html", request=request), status=503
+        )
+    except TemplateDoesNotExist:
+        response = HttpResponse(PLAIN_TEXT, status=503, content_type="text/plain; charset=utf-8")
     response["Retry-After"] = str(app_settings.RETRY_AFTER)
     return response
 

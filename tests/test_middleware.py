@@ -336,3 +336,18 @@ def test_other_database_errors_stay_500(
     views.ACCOUNTS_HOOK = None
     assert wsgi_request("/probe/session/")[0] == 200
     assert session in server_sessions()
+
+
+def test_without_a_template_engine_the_503_is_plain_text() -> None:
+    from django.test import RequestFactory
+
+    from django_dbpool.middleware import PLAIN_TEXT, unavailable_response
+    from django_dbpool.pool import PoolTimeout
+
+    request = RequestFactory().get("/accounts/")
+    with override_settings(TEMPLATES=[]):
+        response = unavailable_response(request, PoolTimeout("no connection within 1 s"))
+    assert response.status_code == 503
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.content.decode() == PLAIN_TEXT
+    assert response["Retry-After"] == "5"
