@@ -20,15 +20,14 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from . import __version__
-from .options import AliasOptions, alias_options, mysql_tls_options, pool_options
+from .backends.support import VendorSupport, support_for_alias
+from .options import AliasOptions, alias_options, pool_options
 from .pool.errors import ConnectFailed
 
 ENGINE_PREFIX = "django_dbpool.backends."
 #: The Django feature releases the test suite runs on: keep in step with the "Framework ::
 #: Django ::" classifiers of setup.cfg and the Django factor of tox.ini.
 TESTED_DJANGO_VERSIONS = ((5, 2),)
-_UNVERIFIED_SSLMODES = frozenset({"disable", "allow", "prefer", "require"})
-_VERIFIED_MYSQL_SSL_MODES = frozenset({"VERIFY_CA", "VERIFY_IDENTITY"})
 
 
 def pooled_aliases() -> list[str]:
@@ -40,8 +39,11 @@ def pooled_aliases() -> list[str]:
     ]
 
 
-def _vendor(alias: str) -> str:
-    return str(settings.DATABASES[alias]["ENGINE"]).rsplit(".", 1)[-1]
+def _support(alias: str) -> VendorSupport:
+    # A pooled alias's ENGINE is one of ours, each of which has a support object.
+    support = support_for_alias(alias)
+    assert support is not None, alias
+    return support
 
 
 @checks.register(checks.Tags.database)
@@ -118,18 +120,13 @@ def check_configuration(
                     id="django_dbpool.E002",
                 )
             )
-        if _vendor(alias) == "mysql":
-            try:
-                mysql_tls_options(alias, config.get("OPTIONS") or {})
-            except ImproperlyConfigured as exc:
-                messages.append(
-                    checks.Error(
-                        str(exc),
-                        hint="Give each TLS file once: in OPTIONS['ssl'] = {'ca': ...} or as "
-                        "OPTIONS['ssl_ca'] (the ssl_ca parameter of DATABASE_URL).",
-                        id="django_dbpool.E007",
-                    )
-                )
+        support = _support(alias)
+        try:
+            support.driver_options(alias, config.get("OPTIONS") or {})
+        except ImproperlyConfigured as exc:
+            messages.append(
+                checks.Error(str(exc), hint=support.driver_options_fix, id="django_dbpool.E007")
+            )
         max_age = config.get("CONN_MAX_AGE", 0)
         if max_age != 0:
             messages.append(
@@ -207,7 +204,7 @@ def check_pgbouncer(
     messages: list[checks.CheckMessage] = []
     for alias, config, declared in _declared_options():
         mode = declared.pgbouncer
-        if mode is not None and _vendor(alias) != "postgresql":
+        if mode is not None and not _support(alias).supports_pgbouncer:
             messages.append(
                 checks.Error(
                     f"DATABASES[{alias!r}]: POOL option PGBOUNCER={mode!r} is for "
@@ -334,41 +331,9 @@ def check_deployment(
     for alias in pooled_aliases():
         config = settings.DATABASES[alias]
         options = config.get("OPTIONS") or {}
-        if _vendor(alias) == "postgresql":
-            sslmode = str(options.get("sslmode", "prefer"))
-            if sslmode in _UNVERIFIED_SSLMODES:
-                messages.append(
-                    checks.Warning(
-                        f"DATABASES[{alias!r}] connects with sslmode={sslmode!r}, which does "
-                        "not verify the server: a man in the middle can read and change "
-                        "every query.",
-                        hint="Set OPTIONS={'sslmode': 'verify-full', 'sslrootcert': "
-                        "'/path/to/ca.pem'} (sslrootcert: the CA bundle that signed the "
-                        "server's certificate, a private CA included).",
-                        id="django_dbpool.W001",
-                    )
-                )
-        else:
-            # ssl_ca from a database URL counts as ssl={"ca": ...}; a file given twice is
-            # check_configuration's E007.
-            with contextlib.suppress(ImproperlyConfigured):
-                options = mysql_tls_options(alias, options)
-            ssl_mode = str(options.get("ssl_mode", "")).upper()
-            ssl = options.get("ssl") or {}
-            if ssl_mode not in _VERIFIED_MYSQL_SSL_MODES and not (
-                isinstance(ssl, dict) and ssl.get("ca")
-            ):
-                messages.append(
-                    checks.Warning(
-                        f"DATABASES[{alias!r}] connects to MySQL/MariaDB without TLS that "
-                        "verifies the server.",
-                        hint="Set OPTIONS={'ssl_mode': 'VERIFY_IDENTITY', 'ssl': {'ca': "
-                        "'/path/to/ca.pem'}} (ca: the CA bundle that signed the server's "
-                        "certificate, a private CA included); in a database URL, "
-                        "?ssl_mode=VERIFY_IDENTITY&ssl_ca=/path/to/ca.pem.",
-                        id="django_dbpool.W002",
-                    )
-                )
+        unverified = _support(alias).unverified_tls(alias, options)
+        if unverified is not None:
+            messages.append(unverified)
         if not config.get("PASSWORD"):
             messages.append(
                 checks.Warning(
@@ -392,7 +357,7 @@ def _check_server(alias: str) -> list[checks.CheckMessage]:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-            limit = _server_connection_limit(cursor, _vendor(alias))
+            limit = _support(alias).connection_limit(cursor)
     except Exception as exc:
         failed = _connect_failed(exc)
         if failed is not None:
@@ -438,19 +403,6 @@ def _connect_failed(error: BaseException) -> ConnectFailed | None:
     while seen is not None and not isinstance(seen, ConnectFailed):
         seen = seen.__cause__
     return seen
-
-
-def _server_connection_limit(cursor: Any, vendor: str) -> int:
-    """Connections available to ordinary users: max_connections minus reserved slots."""
-    if vendor == "postgresql":
-        cursor.execute(
-            "SELECT current_setting('max_connections')::int"
-            " - current_setting('superuser_reserved_connections')::int"
-        )
-    else:
-        # MariaDB and MySQL keep one extra connection for SUPER users beyond max_connections.
-        cursor.execute("SELECT @@max_connections")
-    return int(cursor.fetchone()[0])
 
 
 def _worker_processes() -> int:

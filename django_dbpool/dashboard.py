@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from . import snapshots
+from .backends.support import support_for_alias
 from .checks import pooled_aliases
 from .options import alias_options
 from .serverview import server_view
@@ -179,8 +180,8 @@ def _merged_percentile(histograms: Iterable[Mapping[str, Any]], fraction: float)
 
 
 def _vendor(alias: str) -> str:
-    engine = str(connections.settings.get(alias, {}).get("ENGINE", ""))
-    return engine.rsplit(".", 1)[-1]
+    support = support_for_alias(alias)
+    return support.vendor if support is not None else ""
 
 
 def _configuration(alias: str) -> dict[str, Any]:

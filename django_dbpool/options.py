@@ -15,9 +15,6 @@ The backends' own options (``LEASE``, ``SESSION_SQL``, ``RESET``, ``PGBOUNCER``,
 ``CONNECT_TIMEOUT``, ``NETWORK_TIMEOUT``) are validated here too but kept out of the pool
 core: they set up the driver and the wrapper, not the pool (:class:`AliasOptions`,
 :class:`TcpTimeouts`).
-
-Also here: the flat MySQL TLS keys a URL can carry (``?ssl_ca=...``), folded into the
-``ssl`` dict mysqlclient takes (:func:`mysql_tls_options`).
 """
 
 from __future__ import annotations
@@ -38,7 +35,6 @@ __all__ = [
     "TcpTimeouts",
     "alias_options",
     "driver_options",
-    "mysql_tls_options",
     "parse_database_url",
     "pool_options",
 ]
@@ -264,57 +260,6 @@ def driver_options(options: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in options.items()
         if not (isinstance(key, str) and key.startswith(OPTIONS_PREFIX))
     }
-
-
-#: The keys of mysqlclient's ``ssl`` dict that may also be written flat in ``OPTIONS``, as
-#: ``ssl_ca`` (or MySQL's own spelling, ``ssl-ca``): a database URL's query string
-#: (``?ssl_mode=VERIFY_IDENTITY&ssl_ca=/path/to/ca.pem``) cannot hold a dict.
-MYSQL_TLS_KEYS = ("ca", "capath", "cert", "key", "cipher")
-
-
-def mysql_tls_options(alias: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` (a MySQL alias's ``OPTIONS``, or the connection parameters built from
-    them) with the flat TLS keys (``ssl_ca``, ``ssl-ca``, ...) moved into the ``ssl`` dict
-    mysqlclient takes; ``ssl_mode`` stays as it is. ``ImproperlyConfigured`` names the keys
-    when the same file is given twice or ``ssl`` is not a dict."""
-    flat: dict[str, tuple[str, Any]] = {}
-    rest: dict[str, Any] = {}
-    for key, value in options.items():
-        name = _mysql_tls_name(key)
-        if name is None:
-            rest[key] = value
-            continue
-        if name in flat:
-            raise ImproperlyConfigured(
-                f"DATABASES[{alias!r}] sets the TLS option {name} twice: as "
-                f"OPTIONS[{flat[name][0]!r}] and as OPTIONS[{key!r}]. Keep one of them."
-            )
-        flat[name] = (key, value)
-    if not flat:
-        return dict(options)
-    ssl = rest.get("ssl") or {}
-    if not isinstance(ssl, Mapping):
-        raise ImproperlyConfigured(
-            f"DATABASES[{alias!r}]: OPTIONS['ssl'] must be a dict such as "
-            f"{{'ca': '/path/to/ca.pem'}}, not {type(ssl).__name__} {ssl!r}."
-        )
-    merged = dict(ssl)
-    for name, (key, value) in flat.items():
-        if name in merged:
-            raise ImproperlyConfigured(
-                f"DATABASES[{alias!r}] sets the TLS option {name} twice: in OPTIONS['ssl'] "
-                f"({merged[name]!r}) and as OPTIONS[{key!r}] ({value!r}). Keep one of them."
-            )
-        merged[name] = value
-    rest["ssl"] = merged
-    return rest
-
-
-def _mysql_tls_name(key: object) -> str | None:
-    if not isinstance(key, str) or key[:4] not in ("ssl_", "ssl-"):
-        return None
-    name = key[4:]
-    return name if name in MYSQL_TLS_KEYS else None
 
 
 def _cast(alias: str, key: str, name: str, value: object) -> object:

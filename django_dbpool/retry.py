@@ -35,7 +35,6 @@ import functools
 import inspect
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -43,6 +42,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from .backends.mysql.support import DEAD_ERRORS
+from .backends.postgresql.support import DEAD_SQLSTATE_PREFIXES
+from .backends.support import all_supports
 from .pool.errors import PoolError
 
 if TYPE_CHECKING:
@@ -63,15 +65,12 @@ logger = logging.getLogger("django_dbpool.retry")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: SQLSTATE prefixes of PostgreSQL errors after which the session is gone: connection
-#: exceptions (class 08), admin_shutdown, crash_shutdown, cannot_connect_now.
-POSTGRES_LOST_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+#: SQLSTATE prefixes of PostgreSQL errors after which the session is gone (the PostgreSQL
+#: backend's own list).
+POSTGRES_LOST_SQLSTATES = DEAD_SQLSTATE_PREFIXES
 
-#: MySQL/MariaDB error codes that mean the session is gone: server has gone away (2006),
-#: lost connection during a query (2013) or with extended information (2055), disconnected
-#: for inactivity (4031, MySQL 8), connection killed (1927, MariaDB), server shutdown
-#: in progress (1053).
-MYSQL_LOST_CODES = frozenset({2006, 2013, 2055, 4031, 1927, 1053})
+#: MySQL/MariaDB error codes that mean the session is gone (the MySQL backend's own list).
+MYSQL_LOST_CODES = DEAD_ERRORS
 
 DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF = 0.05
@@ -93,10 +92,11 @@ def connection_lost(error: BaseException, connection: Any = None) -> bool:
     The pool's own errors (``PoolTimeout`` and the like) are not: no connection was handed
     out. Pure; reads only the error and ``connection``'s local state.
     """
+    supports = all_supports()
     for current in _chain(error):
         if isinstance(current, PoolError):
             return False
-        if _psycopg_lost(current, connection) or _mysql_lost(current):
+        if any(support.connection_lost(current, connection) for support in supports):
             return True
     return False
 
@@ -145,28 +145,6 @@ def _chain(error: BaseException) -> list[BaseException]:
         chain.append(current)
         current = current.__cause__
     return chain
-
-
-def _psycopg_lost(error: BaseException, connection: Any) -> bool:
-    # A driver that was never imported cannot have raised the error.
-    psycopg = sys.modules.get("psycopg")
-    if psycopg is None or not isinstance(error, psycopg.Error):
-        return False
-    sqlstate: str | None = error.sqlstate
-    if sqlstate:
-        return sqlstate.startswith(POSTGRES_LOST_SQLSTATES)
-    return (
-        isinstance(error, psycopg.OperationalError)
-        and connection is not None
-        and bool(getattr(connection, "closed", False) or getattr(connection, "broken", False))
-    )
-
-
-def _mysql_lost(error: BaseException) -> bool:
-    mysqldb = sys.modules.get("MySQLdb")
-    if mysqldb is None or not isinstance(error, mysqldb.Error):
-        return False
-    return bool(error.args and error.args[0] in MYSQL_LOST_CODES)
 
 
 def _check_arguments(attempts: Any, backoff: Any, max_backoff: Any) -> None:

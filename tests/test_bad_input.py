@@ -22,12 +22,8 @@ from django.db import connections
 from django.db.utils import ConnectionHandler, OperationalError
 
 from django_dbpool import parse_database_url
-from django_dbpool.backends.base import (
-    AUTH_HINT,
-    NAME_HINT,
-    UNREACHABLE_HINT,
-    PooledWrapperMixin,
-)
+from django_dbpool.backends.base import PooledWrapperMixin
+from django_dbpool.backends.connect_errors import AUTH_HINT, NAME_HINT, UNREACHABLE_HINT
 from django_dbpool.pool import PoolUnavailable
 from django_dbpool.pool.errors import ConnectFailed
 from tests.conftest import wsgi_request

@@ -13,7 +13,7 @@ from django.db import connections
 from django.test import override_settings
 
 import django_dbpool
-from django_dbpool.backends.base import AUTH_HINT
+from django_dbpool.backends.connect_errors import AUTH_HINT
 from django_dbpool.checks import (
     TESTED_DJANGO_VERSIONS,
     check_configuration,

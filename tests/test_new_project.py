@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from django.conf import settings
 
-from django_dbpool.backends.base import AUTH_HINT
+from django_dbpool.backends.connect_errors import AUTH_HINT
 from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR, free_port
 from tests.processes import stop_gracefully, wait_until_serving
 

@@ -12,11 +12,11 @@ from django.db.utils import ConnectionHandler
 
 import django_dbpool  # noqa: F401 - registers the URL schemes
 from django_dbpool.backends.mysql.base import DatabaseClient
+from django_dbpool.backends.mysql.support import support as mysql_support
 from django_dbpool.options import (
     TcpTimeouts,
     alias_options,
     driver_options,
-    mysql_tls_options,
 )
 from django_dbpool.pool import PoolConfigError, PoolOptions
 
@@ -217,17 +217,17 @@ def test_flat_mysql_tls_keys_go_into_the_ssl_dict() -> None:
         "mysqlpool://app:pw@db:3306/app?ssl_mode=VERIFY_IDENTITY&ssl_ca=/ca.pem"
         "&ssl-cert=/client.pem&ssl_key=/client.key&charset=utf8mb4"
     )
-    assert mysql_tls_options("db", config["OPTIONS"]) == {
+    assert mysql_support.driver_options("db", config["OPTIONS"]) == {
         "ssl_mode": "VERIFY_IDENTITY",
         "ssl": {"ca": "/ca.pem", "cert": "/client.pem", "key": "/client.key"},
         "charset": "utf8mb4",
     }
     # Flat keys and the dict combine; without flat keys, nothing changes.
-    assert mysql_tls_options("db", {"ssl": {"ca": "/ca.pem"}, "ssl_cipher": "X"}) == {
+    assert mysql_support.driver_options("db", {"ssl": {"ca": "/ca.pem"}, "ssl_cipher": "X"}) == {
         "ssl": {"ca": "/ca.pem", "cipher": "X"}
     }
     options = {"ssl_mode": "REQUIRED", "ssl": {"ca": "/ca.pem"}, "ssl_other": 1}
-    assert mysql_tls_options("db", options) == options
+    assert mysql_support.driver_options("db", options) == options
 
 
 @pytest.mark.parametrize(
@@ -252,7 +252,7 @@ def test_flat_mysql_tls_keys_go_into_the_ssl_dict() -> None:
 )
 def test_conflicting_mysql_tls_keys(options: dict[str, object], message: str) -> None:
     with pytest.raises(ImproperlyConfigured) as info:
-        mysql_tls_options("db", options)
+        mysql_support.driver_options("db", options)
     assert str(info.value) == message
 
 

@@ -22,7 +22,7 @@ from django.db import Error, connections, transaction
 from django.db.utils import ConnectionHandler
 from django.test import override_settings
 
-from django_dbpool.backends.base import AUTH_HINT
+from django_dbpool.backends.connect_errors import AUTH_HINT
 from django_dbpool.checks import check_configuration, check_deployment, check_pgbouncer
 from django_dbpool.options import alias_options
 from django_dbpool.pool import PoolUnavailable

@@ -16,8 +16,12 @@ from typing import Any
 import pytest
 from django.db import IntegrityError, OperationalError, ProgrammingError, connection, transaction
 
+from django_dbpool.backends.mysql.support import support as mysql_support
+from django_dbpool.backends.postgresql.support import support as postgres_support
 from django_dbpool.pool import PoolTimeout
 from django_dbpool.retry import (
+    MYSQL_LOST_CODES,
+    POSTGRES_LOST_SQLSTATES,
     connection_lost,
     lost_connection_alias,
     retry_on_disconnect,
@@ -112,6 +116,36 @@ def test_a_cut_socket_is_a_lost_connection() -> None:
     else:
         assert cause.args[0] in {2006, 2013}  # type: ignore[union-attr]
         assert connection_lost(error)
+
+
+@pytest.mark.parametrize("code", sorted(MYSQL_LOST_CODES))
+def test_retry_and_the_mysql_backend_share_one_list_of_lost_connections(code: int) -> None:
+    import MySQLdb
+
+    error = MySQLdb.OperationalError(code, "lost")
+    assert connection_lost(error)
+    assert mysql_support.dead_error(error)
+    # Not a psycopg error, whatever its arguments.
+    assert not postgres_support.connection_lost(error)
+
+
+def test_a_mysql_tls_session_cut_off_is_a_lost_connection() -> None:
+    import MySQLdb
+
+    error = MySQLdb.OperationalError(2026, "TLS/SSL error: unexpected eof while reading")
+    assert connection_lost(error)
+
+
+@pytest.mark.parametrize("sqlstate", ["08006", "57P01", "57P02", "57P03"])
+def test_retry_and_the_postgresql_backend_share_one_list_of_lost_connections(
+    sqlstate: str,
+) -> None:
+    import psycopg
+
+    error = psycopg.errors.lookup(sqlstate)("lost")
+    assert sqlstate.startswith(POSTGRES_LOST_SQLSTATES)
+    assert connection_lost(error)
+    assert not mysql_support.connection_lost(error)
 
 
 def test_other_errors_are_not_a_lost_connection() -> None:

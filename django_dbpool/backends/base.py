@@ -17,12 +17,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import select
-import socket
-import sys
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from django.db import DEFAULT_DB_ALIAS
@@ -37,36 +33,18 @@ from .. import metrics, snapshots, tagging
 from ..options import AliasOptions, alias_options, driver_options
 from ..pool import ConnectionAdapter, Pool, _fork
 from ..pool.errors import ConnectFailed
+from .connect_errors import connect_failed
 from .cursors import TaggingCursorMixin, tagging_cursor_class
 from .leasing import LeasingMixin, lease_cursor_mixin
+from .support import VendorSupport
+from .watch import watch_for_server_close
 
 __all__ = [
     "PooledWrapperMixin",
     "described_pools",
     "pools",
-    "shutdown_socket",
-    "stop_watching",
     "take_all_pools",
 ]
-
-# What to check after a failed connect, by cause; CONNECT_HINT when the vendor does not
-# recognise the cause.
-CONNECT_HINT = (
-    "Check HOST, PORT, NAME, USER and PASSWORD, and that the server accepts connections "
-    "from this host."
-)
-AUTH_HINT = (
-    "Check PASSWORD and USER (in a database URL, percent-encode special characters of the "
-    "password: urllib.parse.quote(password, safe=''))."
-)
-UNREACHABLE_HINT = (
-    "Check HOST and PORT, and that the server is running and accepts connections from this host."
-)
-NAME_HINT = "Check NAME: the database must exist on the server."
-_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
-# Linux's TCP_INFO socket option, whose first byte is the TCP state (include/net/tcp_states.h).
-_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
-_ESTABLISHED = b"\x01"
 
 
 class _Entry(NamedTuple):
@@ -89,18 +67,6 @@ class _Entry(NamedTuple):
 # alias's connection settings change (the test runner renames NAME to test_NAME, say).
 _pools: dict[str, _Entry] = {}
 _pools_lock = threading.Lock()
-
-
-# The duplicates _watch_for_server_close() holds, weakly: a forked child closes its copies, or
-# they would keep the parent's sessions open after the parent closes them (a socket shuts
-# down only when its last descriptor closes). The child never uses inherited connections.
-_watch_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-
-
-def _close_inherited_watch_sockets() -> None:
-    for sock in list(_watch_sockets):
-        sock.close()
-    _watch_sockets.clear()
 
 
 #: Changes in a forked child: what a wrapper renders once per process (the process tag, which
@@ -145,7 +111,6 @@ def _forget_inherited_connections() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_lock_in_child)
-os.register_at_fork(after_in_child=_close_inherited_watch_sockets)
 os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
@@ -172,9 +137,12 @@ class _PoolErrorWrapper(DatabaseErrorWrapper):
 class PooledWrapperMixin(LeasingMixin):
     """Pooling for a Django ``DatabaseWrapper``: ``class W(PooledWrapperMixin, Stock)``.
 
-    A vendor implements :meth:`make_pool_adapter`, :meth:`configure_new_connection` and
-    :meth:`connection_is_dead_error`.
+    A vendor sets :attr:`dbpool_support` and implements :meth:`make_pool_adapter`,
+    :meth:`configure_new_connection` and :meth:`connection_is_dead_error`.
     """
+
+    #: What the project knows about the product (``backends/<vendor>/support.py``).
+    dbpool_support: VendorSupport
 
     if TYPE_CHECKING:
         # Attributes of Django's wrappers that django-stubs does not declare.
@@ -453,12 +421,6 @@ class PooledWrapperMixin(LeasingMixin):
             error = error.__cause__ or error
         return isinstance(error, self.Database.OperationalError)
 
-    def explain_connect_error(self, error: BaseException) -> tuple[str, str]:
-        """``(cause, fix)`` for a driver error raised while connecting: the cause on one
-        line, without the parts the message around it already says; the fix names the
-        settings to check. Neither may contain the password."""
-        return " ".join(str(error).split()), CONNECT_HINT
-
     def check_connection_settings(self) -> None:
         """Raise ``ImproperlyConfigured`` for settings the stock backend would reject only
         while connecting (which, pooled, happens in the pool's connector thread)."""
@@ -558,7 +520,7 @@ class PooledWrapperMixin(LeasingMixin):
         metrics.record_connect(self.alias, self.vendor, None)
         try:
             self.dbpool_configure(connection)
-            _watch_for_server_close(connection)
+            watch_for_server_close(connection)
         except BaseException:
             connection.close()
             raise
@@ -578,20 +540,9 @@ class PooledWrapperMixin(LeasingMixin):
 
     def _dbpool_connect_failed(self, error: BaseException) -> ConnectFailed:
         # Off the hot path: runs only when a connect failed.
-        s = self.settings_dict
-        host = str(s["HOST"] or "")
-        if not host:
-            where = "the default local socket (HOST is empty)"
-        elif host.startswith("/"):
-            where = f"the local socket at {host}"
-        else:
-            where = f"{host}:{s['PORT'] or _DEFAULT_PORTS.get(self.vendor, '')}"
-        cause, fix = self.explain_connect_error(error)
-        return ConnectFailed(
-            f"DATABASES[{self.alias!r}]",
-            f"cannot connect to {where} as USER {s['USER']!r}: {cause.rstrip('.')}",
-            fix,
-        )
+        support = self.dbpool_support
+        cause, fix = support.explain_connect_error(error)
+        return connect_failed(self.alias, self.settings_dict, support.default_port, cause, fix)
 
     def dbpool_configure(self, connection: Any) -> None:
         """Run :meth:`configure_new_connection` on a raw connection. Thread-safe: the pool's
@@ -618,78 +569,6 @@ class PooledWrapperMixin(LeasingMixin):
 
     def _dbpool_connection_params(self) -> dict[str, Any]:
         return driver_options(super().get_connection_params())
-
-
-def _watch_for_server_close(connection: Any) -> None:
-    # Gives the new connection a local check, run at every checkout, no round trip:
-    # dbpool_closed_by_server() is true once the server has ended the session (killed,
-    # shutting down, idle timeout: an error message, then end of file) while the connection
-    # sat idle. VALIDATE_AFTER's probe catches only connections idle for a while; under load
-    # the next request would get the dead connection and fail.
-    #
-    # It keeps a duplicate of the driver's socket (closed with the connection, see
-    # stop_watching), which shutdown_socket() also uses. On TCP the check reads the socket's
-    # TCP state (anything but ESTABLISHED: the server sent FIN or RST) through it, a call
-    # that keeps the GIL: a zero-timeout poll() releases and retakes it, and with a gunicorn
-    # worker's threads queued for the GIL that handed the CPU to another thread at most
-    # checkouts. Elsewhere (a Unix socket, or not Linux) it polls for something to read: an
-    # idle session has nothing to read unless the server wrote unasked.
-    fd = connection.fileno()
-    sock = _duplicate(fd)
-    if sock is not None:
-        connection.dbpool_socket = sock
-        connection.dbpool_unwatch = sock.close
-        _watch_sockets.add(sock)
-        if _TCP_INFO is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            getsockopt, tcp, tcp_info = sock.getsockopt, socket.IPPROTO_TCP, _TCP_INFO
-
-            def closed_by_server() -> bool:
-                # The first byte of struct tcp_info is the connection's state.
-                return getsockopt(tcp, tcp_info, 1) != _ESTABLISHED
-
-            connection.dbpool_closed_by_server = closed_by_server
-            return
-    poll = select.poll()
-    poll.register(fd, select.POLLIN)
-    poll_now = poll.poll
-    connection.dbpool_closed_by_server = lambda: bool(poll_now(0))
-
-
-def _duplicate(fd: int) -> socket.socket | None:
-    # A socket object over a duplicate of fd, or None. Never the fd itself: a socket object
-    # closes its fd when collected.
-    try:
-        duplicate = os.dup(fd)
-    except OSError:  # out of file descriptors, say: the poll needs none
-        return None
-    try:
-        return socket.socket(fileno=duplicate)
-    except OSError:
-        os.close(duplicate)
-        return None
-
-
-def stop_watching(connection: Any) -> None:
-    """Release what :func:`_watch_for_server_close` holds for ``connection``: a duplicate
-    of its socket, which would keep the session open after the driver closes its own. For
-    the pool adapters' ``close``."""
-    unwatch = getattr(connection, "dbpool_unwatch", None)
-    if unwatch is not None:
-        unwatch()
-
-
-def shutdown_socket(connection: Any) -> None:
-    """Shut down ``connection``'s socket in both directions, for the pool adapters'
-    ``interrupt``: a thread inside the driver with it gets the driver's own connection-lost
-    error, and the server sees the session end. Takes no lock and never closes the driver
-    object. Through the duplicate socket :func:`_watch_for_server_close` keeps, so a
-    descriptor number reused after the driver closed its own is never touched; a no-op once
-    the connection is closed."""
-    sock = getattr(connection, "dbpool_socket", None)
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):  # closed meanwhile, or already shut down
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 def take_all_pools() -> dict[str, Pool[Any]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from django_dbpool.backends.base import _watch_for_server_close, stop_watching
+from django_dbpool.backends.watch import stop_watching, watch_for_server_close
 
 # Long enough for any loaded machine; waits end as soon as the event happens.
 EVENT_LIMIT = 10.0
@@ -42,7 +42,7 @@ def watched() -> Iterator[tuple[DriverConnection, socket.socket]]:
         server, _ = listener.accept()
     with client, server:
         conn = DriverConnection(client)
-        _watch_for_server_close(conn)
+        watch_for_server_close(conn)
         try:
             yield conn, server
         finally:
@@ -87,7 +87,7 @@ def test_unix_socket_check_polls() -> None:
     client, server = socket.socketpair(socket.AF_UNIX)
     with client, server:
         conn = DriverConnection(client)
-        _watch_for_server_close(conn)
+        watch_for_server_close(conn)
         try:
             assert conn.dbpool_closed_by_server() is False
             server.close()

@@ -16,39 +16,11 @@ from django.db.backends.mysql import client as stock_client
 from django.utils.functional import cached_property
 
 from ... import metrics
-from ...options import TcpTimeouts, mysql_tls_options
-from ..base import (
-    AUTH_HINT,
-    CONNECT_HINT,
-    NAME_HINT,
-    UNREACHABLE_HINT,
-    PooledWrapperMixin,
-    shutdown_socket,
-    stop_watching,
-)
+from ...options import TcpTimeouts
+from ..base import PooledWrapperMixin
 from ..cursors import TaggingCursorMixin
-
-# Client and server error codes after which the session is gone: server has gone away,
-# lost connection (during query / at handshake), server shutdown, connection killed,
-# disconnected for inactivity.
-_DEAD_ERRORS = frozenset({2006, 2013, 2055, 1053, 1927, 4031, 2026})
-
-# What to check after a failed connect, by error code.
-_CONNECT_HINTS = {
-    1045: AUTH_HINT,  # access denied
-    1044: "Check NAME and USER: the user may not use this database.",
-    1049: NAME_HINT,  # unknown database
-    1130: "The server admits USER only from other hosts: check USER, or the user's grants.",
-    2002: UNREACHABLE_HINT,  # no server at the socket or port
-    2003: UNREACHABLE_HINT,
-    2005: UNREACHABLE_HINT,  # unknown host
-    # Lost at the handshake: the server accepted the connection, then said nothing within
-    # CONNECT_TIMEOUT (a hung server or proxy) or closed it.
-    2013: UNREACHABLE_HINT,
-    2026: "TLS failed: check OPTIONS['ssl_mode'] and OPTIONS['ssl'] ({'ca': the CA "
-    "certificate that signed the server's certificate}; ssl_ca= in a database URL), and that "
-    "the server has TLS on.",
-}
+from ..watch import shutdown_socket, stop_watching
+from .support import support
 
 # Raw statements after which a connection may hold a transaction or table locks that
 # mysqlclient cannot see. The server reports autocommit in every reply, and Django's own
@@ -256,11 +228,12 @@ class DatabaseClient(stock_client.DatabaseClient):
         # A TLS file given twice is left as written: the alias's connections raise it,
         # naming the alias, and so does system check E007.
         with contextlib.suppress(ImproperlyConfigured):
-            options = mysql_tls_options("", options)
+            options = support.driver_options("", options)
         return super().settings_to_cmd_args_env({**settings_dict, "OPTIONS": options}, parameters)
 
 
 class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
+    dbpool_support = support
     client_class = DatabaseClient
     dbpool_cursor_mixin = MySQLTaggingCursorMixin
 
@@ -276,7 +249,7 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
     def _dbpool_connection_params(self) -> dict[str, Any]:
         # TLS files written as flat OPTIONS keys (a database URL's ?ssl_ca=...) go into the
         # ssl dict mysqlclient takes.
-        return mysql_tls_options(self.alias, super()._dbpool_connection_params())
+        return support.driver_options(self.alias, super()._dbpool_connection_params())
 
     def get_connection_params(self) -> dict[str, Any]:
         params = super().get_connection_params()
@@ -340,16 +313,8 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
             )
         return assignments
 
-    def explain_connect_error(self, error: BaseException) -> tuple[str, str]:
-        args: tuple[Any, ...] = getattr(error, "args", ())
-        if len(args) != 2 or not isinstance(args[0], int):
-            return super().explain_connect_error(error)
-        cause = f"{' '.join(str(args[1]).split()).rstrip('.')} (error {args[0]})"
-        return cause, _CONNECT_HINTS.get(args[0], CONNECT_HINT)
-
     def connection_is_dead_error(self, error: BaseException) -> bool:
-        args: tuple[Any, ...] = getattr(error, "args", ())
-        return bool(args) and args[0] in _DEAD_ERRORS
+        return support.dead_error(error)
 
     @cached_property
     def _dbpool_exporting_cursor(self) -> type[Any] | None:

@@ -3,7 +3,6 @@ pooled."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -11,15 +10,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base as stock
 
 from ... import metrics, tagging
-from ..base import (
-    AUTH_HINT,
-    CONNECT_HINT,
-    NAME_HINT,
-    UNREACHABLE_HINT,
-    PooledWrapperMixin,
-    shutdown_socket,
-    stop_watching,
-)
+from ..base import PooledWrapperMixin
+from ..watch import shutdown_socket, stop_watching
+from .support import DEAD_SQLSTATE_PREFIXES, support
 
 try:
     from psycopg import Connection, IsolationLevel
@@ -33,47 +26,6 @@ _IDLE = TransactionStatus.IDLE
 _ACTIVE = TransactionStatus.ACTIVE
 # How long interrupt() waits for the server to take a cancel request.
 _CANCEL_TIMEOUT = 5.0
-# SQLSTATEs after which the session is gone: connection exceptions (class 08), and
-# admin_shutdown, crash_shutdown, cannot_connect_now.
-_DEAD_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03")
-
-# libpq's wording around the cause of a failed connect, which our message says itself.
-_LIBPQ_PREFIXES = re.compile(
-    r"connection (?:failed|is bad): "
-    r'|connection to server (?:at "[^"]*", port \d+|on socket "[^"]*") failed: '
-    r"|FATAL:\s+"
-)
-_TLS_HINT = (
-    "The server's certificate could not be verified: set OPTIONS['sslrootcert'] "
-    "(sslrootcert= in a database URL) to the CA certificate that signed it (a self-signed "
-    "server's own certificate), and HOST to a name the certificate is issued for."
-)
-# (words of libpq's or the server's message, what to check): the first match wins.
-_CONNECT_HINTS = (
-    # PgBouncer checking a SCRAM password says "SASL authentication failed".
-    (
-        ("password authentication failed", "no password supplied", "sasl authentication failed"),
-        AUTH_HINT,
-    ),
-    (
-        ("no pg_hba.conf entry",),
-        "The server's pg_hba.conf admits no such connection: check USER, NAME and sslmode.",
-    ),
-    (("certificate", "ssl"), _TLS_HINT),
-    (('role "',), "Check USER: the role must exist on the server."),
-    (('database "',), NAME_HINT),
-    (
-        (
-            "connection refused",
-            "no such file or directory",
-            "could not translate host name",
-            "timeout expired",
-            "network is unreachable",
-            "no route to host",
-        ),
-        UNREACHABLE_HINT,
-    ),
-)
 
 
 class PsycopgAdapter:
@@ -126,6 +78,8 @@ class PsycopgAdapter:
 
 
 class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
+    dbpool_support = support
+
     def make_pool_adapter(self, full_reset: bool) -> PsycopgAdapter:
         return PsycopgAdapter(full_reset, self.dbpool_configure)
 
@@ -174,17 +128,6 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
                     "psycopg.IsolationLevel values."
                 ) from None
 
-    def explain_connect_error(self, error: BaseException) -> tuple[str, str]:
-        # libpq reports one line per address tried, each with an indented tip: the first
-        # address's cause says enough.
-        lines = _LIBPQ_PREFIXES.sub("", str(error)).strip().splitlines() or [""]
-        cause = lines[0].strip()
-        lowered = cause.lower()
-        for words, hint in _CONNECT_HINTS:
-            if any(word in lowered for word in words):
-                return cause, hint
-        return cause, CONNECT_HINT
-
     def _set_autocommit(self, autocommit: bool) -> None:
         # psycopg's setting is local, but taking its lock and running its generator costs a
         # sixth of a checkout: skip it when the connection already has the wanted value
@@ -198,7 +141,7 @@ class DatabaseWrapper(PooledWrapperMixin, stock.DatabaseWrapper):
 
     def connection_is_dead_error(self, error: BaseException) -> bool:
         sqlstate = getattr(error, "sqlstate", None) or ""
-        if sqlstate.startswith(_DEAD_SQLSTATE_PREFIXES):
+        if sqlstate.startswith(DEAD_SQLSTATE_PREFIXES):
             return True
         connection = self.connection
         return connection is not None and bool(connection.broken or connection.closed)
