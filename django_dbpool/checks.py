@@ -21,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from . import __version__
 from .backends.support import VendorSupport, support_for_alias
+from .conf import SETTINGS, app_settings
 from .options import AliasOptions, alias_options, pool_options
 from .pool.errors import ConnectFailed
 
@@ -89,6 +90,28 @@ def check_django_version(
             id="django_dbpool.W009",
         )
     ]
+
+
+@checks.register(checks.Tags.compatibility)
+def check_app_settings(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Every ``DBPOOL_*`` setting has a valid value (read now rather than at the first
+    request that needs it)."""
+    messages: list[checks.CheckMessage] = []
+    for setting in SETTINGS:
+        try:
+            getattr(app_settings, setting.removeprefix("DBPOOL_"))
+        except ImproperlyConfigured as exc:
+            messages.append(
+                checks.Error(
+                    str(exc),
+                    hint=f"Fix or remove {setting} in your settings (the README's App "
+                    "settings table lists what each accepts).",
+                    id="django_dbpool.E008",
+                )
+            )
+    return messages
 
 
 @checks.register(checks.Tags.database)
@@ -210,7 +233,7 @@ def check_pgbouncer(
                     f"DATABASES[{alias!r}]: POOL option PGBOUNCER={mode!r} is for "
                     f"PostgreSQL aliases only; this alias uses {config['ENGINE']}.",
                     hint="Remove PGBOUNCER from DATABASES[...]['POOL'].",
-                    id="django_dbpool.E001",
+                    id="django_dbpool.E009",
                 )
             )
         elif mode == "transaction":

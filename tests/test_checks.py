@@ -16,6 +16,7 @@ import django_dbpool
 from django_dbpool.backends.connect_errors import AUTH_HINT
 from django_dbpool.checks import (
     TESTED_DJANGO_VERSIONS,
+    check_app_settings,
     check_configuration,
     check_deployment,
     check_django_version,
@@ -63,6 +64,61 @@ def test_e001_invalid_pool_option() -> None:
         "Fix the option in DATABASES[...]['POOL'] (or the pool_* query parameter of "
         "DATABASE_URL); the README lists every option."
     )
+
+
+def test_valid_app_settings_pass() -> None:
+    assert check_app_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        (
+            "DBPOOL_READY_TIMEOUT",
+            0,
+            "DBPOOL_READY_TIMEOUT=0 is invalid; expected a number of seconds > 0.",
+        ),
+        (
+            "DBPOOL_READY_ALIASES",
+            ["nope"],
+            "DBPOOL_READY_ALIASES=['nope'] is invalid; expected aliases of DATABASES "
+            "(unknown: ['nope']).",
+        ),
+        (
+            "DBPOOL_SHUTDOWN_HANDLERS",
+            "yes",
+            "DBPOOL_SHUTDOWN_HANDLERS='yes' is invalid; expected True or False.",
+        ),
+        (
+            "DBPOOL_APPLICATION_NAME",
+            "{app}",
+            "DBPOOL_APPLICATION_NAME='{app}' is invalid; expected a string using only "
+            "{project}, {host}, {pid} and {alias}.",
+        ),
+    ],
+)
+def test_e008_invalid_app_setting(setting: str, value: object, message: str) -> None:
+    with override_settings(**{setting: value}):
+        error = only(check_app_settings())
+    assert error.id == "django_dbpool.E008"
+    assert error.msg == message
+    assert setting in (error.hint or "")
+    # The override's end brings the valid value back (the cache follows setting_changed).
+    assert check_app_settings() == []
+
+
+def test_app_settings_are_cached_until_they_change() -> None:
+    from django_dbpool.conf import app_settings
+
+    with override_settings(DBPOOL_RETRY_AFTER=7):
+        assert app_settings.RETRY_AFTER == 7
+        # Read once: a change that bypasses setting_changed is not seen...
+        settings.DBPOOL_RETRY_AFTER = 9
+        assert app_settings.RETRY_AFTER == 7
+    # ...one through override_settings (or the settings fixture) is.
+    assert app_settings.RETRY_AFTER == 5
+    with override_settings(DBPOOL_RETRY_AFTER=8):
+        assert app_settings.RETRY_AFTER == 8
 
 
 def test_e002_djangos_own_pool_option() -> None:

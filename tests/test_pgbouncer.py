@@ -516,7 +516,7 @@ def test_declaration_on_a_mysql_alias_is_an_error() -> None:
     }
     with override_settings(DATABASES=databases):
         message = only(check_pgbouncer())
-    assert message.id == "django_dbpool.E001"
+    assert message.id == "django_dbpool.E009"
     assert message.msg == (
         "DATABASES['default']: POOL option PGBOUNCER='transaction' is for PostgreSQL aliases "
         "only; this alias uses django_dbpool.backends.mysql."

@@ -250,10 +250,18 @@ def test_two_workers_poolstats_metrics_and_server_view(tmp_path: Path) -> None:
             reason = f'alias="default",reason="cursor",vendor="{vendor}"'
             assert samples[f"django_dbpool_lease_pins_total{{{reason}}}"] == 0
 
-        # The server's view, while a slow report runs: the app's connection by its tag.
-        slow = threading.Thread(
-            target=lambda: urllib.request.urlopen(f"{base}/report/", timeout=60).read()
-        )
+        # The server's view, while slow reports run (one after another, so that one is
+        # running whenever the view is read, however long poolstats takes to start): the
+        # app's connection by its tag.
+        seen = threading.Event()
+
+        def reports() -> None:
+            for _ in range(30):
+                urllib.request.urlopen(f"{base}/report/", timeout=60).read()
+                if seen.is_set():
+                    return
+
+        slow = threading.Thread(target=reports)
         slow.start()
         try:
             deadline = time.monotonic() + 30
@@ -268,6 +276,7 @@ def test_two_workers_poolstats_metrics_and_server_view(tmp_path: Path) -> None:
                     break
                 assert time.monotonic() < deadline, view
         finally:
+            seen.set()
             slow.join(60)
         assert view["max_connections"] > 0
         assert view["headroom"] == view["max_connections"] - view["reserved"] - view["in_use"]
