@@ -158,9 +158,8 @@ def _public_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _merged_percentile(histograms: Iterable[Mapping[str, Any]], fraction: float) -> float | None:
-    """The quantile across processes: every process uses the same bucket bounds, so the
-    cumulative counts add up. Same convention as ``snapshots.percentile``: the upper bound
-    of the bucket that holds it, capped at the largest wait seen."""
+    """The quantile across processes (:func:`snapshots.quantile`): every process uses the
+    same bucket bounds, so the cumulative counts add up."""
     count = 0
     largest = 0.0
     cumulative: dict[float, int] = {}
@@ -170,13 +169,7 @@ def _merged_percentile(histograms: Iterable[Mapping[str, Any]], fraction: float)
         for bound, n in histogram["buckets"].items():
             key = float("inf") if bound == "+Inf" else float(bound)
             cumulative[key] = cumulative.get(key, 0) + int(n)
-    if not count:
-        return None
-    wanted = fraction * count
-    for bound in sorted(cumulative):
-        if cumulative[bound] >= wanted:
-            return largest if bound == float("inf") else min(bound, largest)
-    return largest
+    return snapshots.quantile(sorted(cumulative.items()), count, largest, fraction)
 
 
 def _vendor(alias: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = [
@@ -116,9 +116,9 @@ class PoolCollector:
             HistogramMetricFamily,
         )
 
-        from .snapshots import read_snapshots
+        from .snapshots import read_snapshots, totals_by_vendor
 
-        per_alias = _aggregate(read_snapshots())
+        per_alias = totals_by_vendor(read_snapshots())
         connections = GaugeMetricFamily(
             "django_dbpool_connections",
             GAUGES["django_dbpool_connections"],
@@ -167,7 +167,7 @@ class PoolCollector:
             for name, (_, key) in COUNTERS.items():
                 counters[name].add_metric(labels, data["counters"][key])
             for name, (_, key) in BY_REASON.items():
-                for reason, count in sorted(data["counters"][key].items()):
+                for reason, count in sorted(data["counters"].get(key, {}).items()):
                     by_reason[name].add_metric([*labels, reason], count)
             for name, (_, key) in HISTOGRAMS.items():
                 histogram = data["histograms"][key]
@@ -190,43 +190,6 @@ class PoolCollector:
 
 def _le_order(item: tuple[Any, ...]) -> float:
     return float("inf") if item[0] == "+Inf" else float(item[0])
-
-
-def _aggregate(snapshots: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Sum gauges, counters (those by reason per reason) and histogram buckets per (alias,
-    vendor) across processes, and count the processes per lease mode."""
-    result: dict[tuple[str, str], dict[str, Any]] = {}
-    for document in snapshots:
-        for alias, entry in document.get("pools", {}).items():
-            key = (alias, str(entry.get("vendor", "")))
-            stats = entry["stats"]
-            data = result.setdefault(
-                key,
-                {
-                    "processes": 0,
-                    "leases": {},
-                    "gauges": {},
-                    "counters": {field: {} for _, field in BY_REASON.values()},
-                    "histograms": {},
-                },
-            )
-            data["processes"] += 1
-            data["leases"][entry["lease"]] = data["leases"].get(entry["lease"], 0) + 1
-            for name, value in stats["gauges"].items():
-                data["gauges"][name] = data["gauges"].get(name, 0) + int(value)
-            for name, value in stats["counters"].items():
-                if isinstance(value, dict):
-                    summed = data["counters"].setdefault(name, {})
-                    for reason, count in value.items():
-                        summed[reason] = summed.get(reason, 0) + count
-                else:
-                    data["counters"][name] = data["counters"].get(name, 0) + value
-            for name, histogram in stats["histograms"].items():
-                total = data["histograms"].setdefault(name, {"sum": 0.0, "buckets": {}})
-                total["sum"] += histogram["sum"]
-                for le, count in histogram["buckets"].items():
-                    total["buckets"][le] = total["buckets"].get(le, 0) + count
-    return result
 
 
 # -- multiprocess mode: the publisher feeds metrics that django-prometheus's view reads ---------

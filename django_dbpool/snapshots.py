@@ -36,9 +36,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -327,15 +327,24 @@ def _rate(alias: str, now: float, acquired: int) -> float:
 
 
 def percentile(stats: PoolStats, histogram: str, fraction: float) -> float | None:
-    """The upper bound of the bucket holding the ``fraction`` quantile (None if empty)."""
+    """The ``fraction`` quantile of one of ``stats``' histograms (see :func:`quantile`)."""
     snapshot = getattr(stats, histogram)
-    if not snapshot.count:
+    return quantile(snapshot.buckets, snapshot.count, snapshot.max, fraction)
+
+
+def quantile(
+    buckets: Iterable[tuple[float, int]], count: int, largest: float, fraction: float
+) -> float | None:
+    """The ``fraction`` quantile of a histogram given as ``(upper bound, cumulative count)``
+    pairs in ascending order, ``count`` values in all, the largest ``largest``: the upper
+    bound of the bucket that holds it, capped at ``largest``. None when empty."""
+    if not count:
         return None
-    wanted = fraction * snapshot.count
-    for bound, cumulative in snapshot.buckets:
+    wanted = fraction * count
+    for bound, cumulative in buckets:
         if cumulative >= wanted:
-            return float(min(bound, snapshot.max)) if bound != float("inf") else snapshot.max
-    return float(snapshot.max)
+            return float(min(bound, largest))
+    return float(largest)
 
 
 def forget_own_snapshot() -> None:
@@ -579,16 +588,36 @@ def _alive(pid: int) -> bool:
 
 
 def totals(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per alias, across processes: summed gauges and counters, the process count, the lease
-    mode (``"mixed"`` when processes differ), and each histogram's summed count and sum."""
-    result: dict[str, dict[str, Any]] = {}
+    """Per alias, across processes: summed gauges and counters (those by reason per reason),
+    the process count, the processes per lease mode (``leases``) and the lease mode
+    (``"mixed"`` when processes differ), and each histogram's summed count, sum and
+    cumulative buckets. ``vendor`` is the first process's; see :func:`totals_by_vendor`."""
+    return _totals(snapshots, lambda alias, entry: alias)
+
+
+def totals_by_vendor(
+    snapshots: Sequence[Mapping[str, Any]],
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """:func:`totals` per (alias, vendor): processes whose alias points at another product
+    are kept apart (the metrics' labels)."""
+    return _totals(snapshots, lambda alias, entry: (alias, str(entry.get("vendor", ""))))
+
+
+K = TypeVar("K")
+
+
+def _totals(
+    snapshots: Sequence[Mapping[str, Any]], key: Callable[[str, Mapping[str, Any]], K]
+) -> dict[K, dict[str, Any]]:
+    result: dict[K, dict[str, Any]] = {}
     for document in snapshots:
         for alias, entry in document.get("pools", {}).items():
             total = result.setdefault(
-                alias,
+                key(alias, entry),
                 {
                     "vendor": entry.get("vendor"),
                     "lease": entry["lease"],
+                    "leases": {},
                     "processes": 0,
                     "gauges": {},
                     "counters": {},
@@ -598,20 +627,26 @@ def totals(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
             )
             total["processes"] += 1
             total["checkouts_per_second"] += entry.get("checkouts_per_second") or 0.0
+            leases = total["leases"]
+            leases[entry["lease"]] = leases.get(entry["lease"], 0) + 1
             if total["lease"] != entry["lease"]:
                 total["lease"] = "mixed"
             stats = entry["stats"]
             for name, histogram in stats["histograms"].items():
-                summed = total["histograms"].setdefault(name, {"count": 0, "sum": 0.0})
+                summed = total["histograms"].setdefault(
+                    name, {"count": 0, "sum": 0.0, "buckets": {}}
+                )
                 summed["count"] += histogram["count"]
                 summed["sum"] += histogram["sum"]
+                for le, count in histogram["buckets"].items():
+                    summed["buckets"][le] = summed["buckets"].get(le, 0) + count
             for name, value in stats["gauges"].items():
                 total["gauges"][name] = total["gauges"].get(name, 0) + int(value)
             for name, value in stats["counters"].items():
                 if isinstance(value, dict):
-                    closed = total["counters"].setdefault(name, {})
+                    by_reason = total["counters"].setdefault(name, {})
                     for reason, count in value.items():
-                        closed[reason] = closed.get(reason, 0) + count
+                        by_reason[reason] = by_reason.get(reason, 0) + count
                 else:
                     total["counters"][name] = total["counters"].get(name, 0) + value
     return result

@@ -161,7 +161,11 @@ def test_poolstats_shows_each_lease_mode_hold_times_and_pins(
     report = json.loads(out.getvalue())
     total = report["totals"]["default"]
     assert total["lease"] == "mixed"
-    assert total["histograms"]["hold_seconds"] == {"count": 3, "sum": 1.0}
+    assert total["leases"] == {"transaction": 2, "request": 1}
+    hold = total["histograms"]["hold_seconds"]
+    assert (hold["count"], hold["sum"]) == (3, 1.0)
+    # The merged histogram's cumulative buckets end with every value.
+    assert hold["buckets"]["+Inf"] == 3
     assert total["counters"]["pinned"] == 3
     assert total["counters"]["pins"] == {
         "transaction": 1,
