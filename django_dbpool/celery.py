@@ -16,16 +16,15 @@ taking the driver connection (see :mod:`django_dbpool.backends.leasing`).
 
 from __future__ import annotations
 
-from contextvars import Token
 from typing import Any
 
-from .tagging import _tags, current_tags
+from .tagging import tag
 
 __all__ = ["install"]
 
-# Where a task's token is kept between its prerun and postrun signals: on the task's request,
-# which is the execution's own (a retry run eagerly inside its task has another).
-_TOKEN = "_dbpool_tag_token"
+# Where a task's tag context is kept between its prerun and postrun signals: on the task's
+# request, which is the execution's own (a retry run eagerly inside its task has another).
+_CONTEXT = "_dbpool_tag_context"
 
 
 def _task_started(sender: Any = None, task: Any = None, **kwargs: Any) -> None:
@@ -34,22 +33,23 @@ def _task_started(sender: Any = None, task: Any = None, **kwargs: Any) -> None:
     request = getattr(task, "request", None)
     if not name or request is None:
         return
-    token = _tags.set({**(current_tags() or {}), "task": str(name)})
+    context = tag(task=name)
+    context.__enter__()
     try:
-        setattr(request, _TOKEN, token)
+        setattr(request, _CONTEXT, context)
     except AttributeError:
-        _tags.reset(token)
+        context.__exit__(None, None, None)
 
 
 def _task_finished(sender: Any = None, task: Any = None, **kwargs: Any) -> None:
     task = task if task is not None else sender
     request = getattr(task, "request", None)
-    token: Token[Any] | None = getattr(request, _TOKEN, None)
-    if token is None:
+    context: tag | None = getattr(request, _CONTEXT, None)
+    if context is None:
         return
     try:
-        delattr(request, _TOKEN)
-        _tags.reset(token)
+        delattr(request, _CONTEXT)
+        context.__exit__(None, None, None)
     except (AttributeError, ValueError):
         # ValueError: set in another context (a pool that runs prerun and postrun apart);
         # that context's tags end with it.

@@ -28,6 +28,8 @@ from urllib.parse import quote
 from django.conf import settings
 
 __all__ = [
+    "PROCESS_TAGS",
+    "TAGS",
     "ConnectionTagMiddleware",
     "application_name",
     "current_tags",
@@ -36,12 +38,14 @@ __all__ = [
     "tag",
 ]
 
-#: The tags of the code running now: a mapping of key to value, or None.
-_tags: ContextVar[Mapping[str, str] | None] = ContextVar("django_dbpool_tags", default=None)
+#: The tags of the code running now: a mapping of key to value, or None. Set through
+#: :class:`tag` (and the middleware); public for the cursors' per-statement check.
+TAGS: ContextVar[Mapping[str, str] | None] = ContextVar("django_dbpool_tags", default=None)
 #: The current request's id, for leak and orphan warnings (comments carry it only opt-in).
 _request_id: ContextVar[str | None] = ContextVar("django_dbpool_request_id", default=None)
-# Tags for statements outside any request or tag() block (a management command's name).
-_process_tags: dict[str, str] = {}
+#: Tags for statements outside any request or tag() block (a management command's name).
+#: Public for the cursors' per-statement check; set through :func:`set_process_tags`.
+PROCESS_TAGS: dict[str, str] = {}
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _POSTGRES_NAME_LIMIT = 63  # bytes: NAMEDATALEN - 1
@@ -49,7 +53,7 @@ _POSTGRES_NAME_LIMIT = 63  # bytes: NAMEDATALEN - 1
 
 def current_tags() -> Mapping[str, str] | None:
     """The tags in effect here: the innermost tag context's, else the process's, else None."""
-    return _tags.get() or _process_tags or None
+    return TAGS.get() or PROCESS_TAGS or None
 
 
 class tag(ContextDecorator):
@@ -62,16 +66,16 @@ class tag(ContextDecorator):
 
     def __enter__(self) -> tag:
         merged = {**(current_tags() or {}), **self.tags}
-        self._tokens.append(_tags.set(merged))
+        self._tokens.append(TAGS.set(merged))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _tags.reset(self._tokens.pop())
+        TAGS.reset(self._tokens.pop())
 
 
 def holder_info() -> str | None:
     """What the pool records at each checkout for its leak and orphan warnings."""
-    tags = _tags.get()
+    tags = TAGS.get()
     request_id = _request_id.get()
     if not tags and request_id is None:
         return None
@@ -139,8 +143,8 @@ def request_id_from(header: str | None) -> str:
 
 def set_process_tags(**tags: str) -> None:
     """Tags for every statement outside a tag context in this process."""
-    _process_tags.clear()
-    _process_tags.update(tags)
+    PROCESS_TAGS.clear()
+    PROCESS_TAGS.update(tags)
 
 
 def command_name(argv: list[str]) -> str | None:
@@ -163,11 +167,11 @@ def tag_management_command() -> None:
 
 @contextmanager
 def request_tags(tags: Mapping[str, str]) -> Iterator[None]:
-    token = _tags.set(tags)
+    token = TAGS.set(tags)
     try:
         yield
     finally:
-        _tags.reset(token)
+        TAGS.reset(token)
 
 
 # The middleware lives here with the context it sets; django_dbpool.middleware re-exports it.
@@ -195,24 +199,24 @@ def _make_middleware() -> type:
             if self.async_mode:
                 return self.__acall__(request)
             tags = self._begin(request)
-            token = _tags.set(tags)
+            token = TAGS.set(tags)
             id_token = _request_id.set(request.dbpool_request_id)  # type: ignore[attr-defined]
             try:
                 response = self.get_response(request)
             finally:
                 _request_id.reset(id_token)
-                _tags.reset(token)
+                TAGS.reset(token)
             return self._end(request, response)
 
         async def __acall__(self, request: HttpRequest) -> HttpResponse:
             tags = self._begin(request)
-            token = _tags.set(tags)
+            token = TAGS.set(tags)
             id_token = _request_id.set(request.dbpool_request_id)  # type: ignore[attr-defined]
             try:
                 response = await self.get_response(request)
             finally:
                 _request_id.reset(id_token)
-                _tags.reset(token)
+                TAGS.reset(token)
             return self._end(request, response)
 
         def _begin(self, request: HttpRequest) -> dict[str, str]:

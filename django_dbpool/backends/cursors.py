@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db.backends.utils import CursorWrapper
 
-from ..tagging import _process_tags, _tags, current_tags, with_comment
+from ..tagging import PROCESS_TAGS, TAGS, current_tags, with_comment
 
 __all__ = ["TaggingCursorMixin", "tagging_cursor_class"]
 
@@ -24,7 +24,7 @@ class TaggingCursorMixin:
 
     def execute(self, sql: Any, params: Any = None) -> Any:
         # The check is inlined: untagged statements (the common case) pay one ContextVar read.
-        if _tags.get() is not None or _process_tags:
+        if TAGS.get() is not None or PROCESS_TAGS:
             # With params the driver interpolates, so a literal % must be written %%.
             sql = self._tagged(sql, params is not None)
         return super().execute(sql, params)  # type: ignore[misc]
