@@ -13,10 +13,10 @@ test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) tests/dbservers.py --postgres --mysql --redis -- $(MAKE) --no-print-directory suites
+	$(PY) tools/dbservers.py --postgres --mysql --redis -- $(MAKE) --no-print-directory suites
 	$(VENV)/bin/tox -e packaging
 
-# Every run happens (needs the servers' URLs, see tests/dbservers.py); fails if any failed.
+# Every run happens (needs the servers' URLs, see tools/dbservers.py); fails if any failed.
 suites:
 	@rc=0; \
 	$(MAKE) --no-print-directory pytest-all || rc=1; \
@@ -37,9 +37,9 @@ pytest-all:
 django-suite:
 	@rc=0; \
 	for lease in request transaction; do \
-		$(PY) tests/django_suite.py postgresql --engine django_dbpool.backends.postgresql \
+		$(PY) tools/django_suite.py postgresql --engine django_dbpool.backends.postgresql \
 			--lease $$lease || rc=1; \
-		$(PY) tests/django_suite.py mysql --engine django_dbpool.backends.mysql \
+		$(PY) tools/django_suite.py mysql --engine django_dbpool.backends.mysql \
 			--lease $$lease || rc=1; \
 	done; \
 	exit $$rc
@@ -47,13 +47,13 @@ django-suite:
 # The same modules through PgBouncer in transaction pooling mode, with the settings the
 # README documents. Starts PgBouncer (and PostgreSQL, unless DBPOOL_TEST_POSTGRES_URL is set).
 django-suite-pgbouncer:
-	$(PY) tests/dbservers.py --pgbouncer -- \
-		$(PY) tests/django_suite.py postgresql --engine django_dbpool.backends.postgresql --pgbouncer
+	$(PY) tools/dbservers.py --pgbouncer -- \
+		$(PY) tools/django_suite.py postgresql --engine django_dbpool.backends.postgresql --pgbouncer
 
 ## test-faults: the fault suite in full on PostgreSQL and MariaDB; writes benchmarks/results/faults.md.
 .PHONY: test-faults
 test-faults: system-deps $(STAMP)
-	$(PY) tests/dbservers.py --postgres --mysql -- sh -c '\
+	$(PY) tools/dbservers.py --postgres --mysql -- sh -c '\
 		rc=0; \
 		DBPOOL_FAULTS=full DBPOOL_TEST_DATABASE=postgresql $(PY) -m pytest $(PYTEST_ARGS) tests/faults || rc=1; \
 		DBPOOL_FAULTS=full DBPOOL_TEST_DATABASE=mysql $(PY) -m pytest $(PYTEST_ARGS) tests/faults || rc=1; \
@@ -64,7 +64,7 @@ test-faults: system-deps $(STAMP)
 ## daphne, Celery with Redis) on PostgreSQL and MariaDB; make test runs a short version.
 .PHONY: test-servers
 test-servers: system-deps $(STAMP)
-	$(PY) tests/dbservers.py --postgres --mysql --redis -- sh -c '\
+	$(PY) tools/dbservers.py --postgres --mysql --redis -- sh -c '\
 		rc=0; \
 		for db in postgresql mysql; do \
 			DBPOOL_SERVERS=full DBPOOL_TEST_DATABASE=$$db $(PY) -m pytest $(PYTEST_ARGS) \
@@ -89,7 +89,7 @@ demo: system-deps $(STAMP)
 ## bench: every benchmark against the alternatives, on throwaway servers; writes benchmarks/results/.
 bench: system-deps $(STAMP)
 	$(PY) -m pip install -q -r benchmarks/requirements.txt
-	$(PY) tests/dbservers.py --postgres --mysql -- sh -c '\
+	$(PY) tools/dbservers.py --postgres --mysql -- sh -c '\
 		$(PY) benchmarks/django_cycle.py && $(PY) benchmarks/request_cpu.py && \
 		$(PY) benchmarks/web.py load jitter'
 	$(PY) benchmarks/pool_cycle.py
@@ -107,7 +107,7 @@ bench-pool: $(STAMP)
 ## the README's Transaction leases tables.
 bench-leases: system-deps $(STAMP)
 	$(PY) -m pip install -q -r benchmarks/requirements.txt
-	$(PY) tests/dbservers.py --postgres --mysql -- $(PY) benchmarks/leases.py
+	$(PY) tools/dbservers.py --postgres --mysql -- $(PY) benchmarks/leases.py
 	$(PY) benchmarks/report.py --no-chart
 
 ## bench-tagging: per-statement cost of query comments, tagging off and on (no server needed).
@@ -116,7 +116,7 @@ bench-tagging: $(STAMP)
 
 # Server binaries and the mysqlclient build dependencies; installed with apt-get when root.
 system-deps:
-	@$(PYTHON) tests/dbservers.py ensure
+	@$(PYTHON) tools/dbservers.py ensure
 
 $(STAMP): setup.cfg pyproject.toml tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)

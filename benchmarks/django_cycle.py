@@ -11,7 +11,7 @@ Runs alternate between contenders (A B C A B C ...); figures are medians over th
 Environment: ``BENCH_ROUNDS`` (7), ``BENCH_CYCLES`` (20000 single-thread cycles per
 measurement: about a fifth of a second for a pool, long enough that a burst of noise on a
 shared machine does not decide the median), ``BENCH_CYCLE_SECONDS`` (2, per contended run).
-Run by ``make bench``; by hand: ``python tests/dbservers.py -- python benchmarks/django_cycle.py``.
+Run by ``make bench``; by hand: ``python tools/dbservers.py -- python benchmarks/django_cycle.py``.
 Writes ``results/cycle.json``.
 """
 
@@ -33,7 +33,7 @@ from revision import revision
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR  # noqa: E402
+from tools.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR  # noqa: E402
 
 POOL_SIZE = 4
 THREADS = 16
@@ -72,7 +72,7 @@ def databases() -> dict[str, dict[str, Any]]:
         result[alias] = config
     if not result:
         raise SystemExit(
-            f"set {POSTGRES_URL_VAR} or {MYSQL_URL_VAR} (run through tests/dbservers.py)"
+            f"set {POSTGRES_URL_VAR} or {MYSQL_URL_VAR} (run through tools/dbservers.py)"
         )
     # Django wants a default alias; nothing uses it here.
     result["default"] = next(iter(result.values()))

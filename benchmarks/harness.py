@@ -34,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.dbservers import POSTGRES_LOG_VAR, free_port  # noqa: E402
 from tests.processes import stop_gracefully  # noqa: E402
+from tools.dbservers import POSTGRES_LOG_VAR, free_port  # noqa: E402
 
 #: Rows of ``bench_item`` (the site reads one at random per request).
 ROWS = 1000
@@ -487,4 +487,4 @@ def exact_requests(base: str, path: str, clients: int, total: int) -> int:
 
 def require_wrk() -> None:
     if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed; run: python tests/dbservers.py ensure (as root)")
+        raise SystemExit("wrk is not installed; run: python tools/dbservers.py ensure (as root)")

@@ -3,7 +3,7 @@ connections, Django's native pool and django-pg-real-pool.
 
 Run by ``make bench-leases`` (which starts the database servers); by hand:
 
-    python tests/dbservers.py --postgres --mysql -- python benchmarks/leases.py
+    python tools/dbservers.py --postgres --mysql -- python benchmarks/leases.py
 
 Scenarios (``SCENARIOS``; each contender's site on a database of its own, so that the server's
 count of sessions tells them apart; in each round the contenders of a group of sites take

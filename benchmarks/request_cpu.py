@@ -16,7 +16,7 @@ medians over the rounds, and differences against persistent connections are take
 round. Connect per request is left out: its cost is the connect, which the HTTP table
 already shows.
 
-Run by ``make bench``; by hand: ``python tests/dbservers.py -- python
+Run by ``make bench``; by hand: ``python tools/dbservers.py -- python
 benchmarks/request_cpu.py``. Environment: ``BENCH_ROUNDS`` (7), ``BENCH_REQUESTS`` (8000 per
 run). Writes ``results/request_cpu.json``.
 """
@@ -39,7 +39,7 @@ from typing import Any
 import harness
 from revision import revision
 
-from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR
+from tools.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR
 
 CONTENDERS = {
     "postgresql": ("persistent", "native", "dbcp", "dbpool", "dbpool_threads", "bound"),
@@ -173,7 +173,7 @@ def main() -> int:
     }
     if not urls:
         raise SystemExit(
-            f"set {POSTGRES_URL_VAR} or {MYSQL_URL_VAR} (run through tests/dbservers.py)"
+            f"set {POSTGRES_URL_VAR} or {MYSQL_URL_VAR} (run through tools/dbservers.py)"
         )
     import django
 

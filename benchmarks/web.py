@@ -2,7 +2,7 @@
 
 Run by ``make bench`` (which starts the database servers); by hand:
 
-    python tests/dbservers.py -- python benchmarks/web.py [load|jitter]
+    python tools/dbservers.py -- python benchmarks/web.py [load|jitter]
 
 ``load``: every contender that exists for a database, its site up for the whole run on a
 database of its own; at each concurrency the contenders take turns, round after round in
@@ -30,8 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 import harness
 from revision import revision
 
-from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR
-from tests.tcpproxy import tcp_proxy
+from tools.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR
+from tools.tcpproxy import tcp_proxy
 
 RESULTS = harness.HERE / "results"
 CONCURRENCY = (16, 64, 256)
@@ -93,7 +93,7 @@ def database_urls() -> dict[str, str]:
     if not urls:
         raise SystemExit(
             f"neither {POSTGRES_URL_VAR} nor {MYSQL_URL_VAR} is set: run through "
-            "`python tests/dbservers.py -- ...` or `make bench`"
+            "`python tools/dbservers.py -- ...` or `make bench`"
         )
     return urls
 

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.dbservers import (  # noqa: E402
+from tools.dbservers import (  # noqa: E402
     POSTGRES_URL_VAR,
     LauncherError,
     database_servers,

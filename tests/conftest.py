@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import pytest
 from django.conf import settings
 
-from tests.dbservers import redact
+from tools.dbservers import redact
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 
-from tests.dbservers import MYSQL_URL_VAR, POSTGRES_LOG_VAR, POSTGRES_URL_VAR, free_port
+from tools.dbservers import MYSQL_URL_VAR, POSTGRES_LOG_VAR, POSTGRES_URL_VAR, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = str(ROOT / "example_project" / "manage.py")

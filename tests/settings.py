@@ -2,7 +2,7 @@
 
 DBPOOL_TEST_DATABASE is ``postgresql`` (default) or ``mysql``; the server's URL comes from
 DBPOOL_TEST_POSTGRES_URL or DBPOOL_TEST_MYSQL_URL, which `make test` (through
-tests/dbservers.py) sets. A missing URL is an error, never a skip.
+tools/dbservers.py) sets. A missing URL is an error, never a skip.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ DATABASE_URL = os.environ.get(URL_VARIABLES[DATABASE_VENDOR], "")
 if not DATABASE_URL:
     raise ImproperlyConfigured(
         f"{URL_VARIABLES[DATABASE_VENDOR]} is not set. Run the suite with `make test`, or "
-        "`python tests/dbservers.py -- python -m pytest`, or point the variable at a server."
+        "`python tools/dbservers.py -- python -m pytest`, or point the variable at a server."
     )
 
 ENGINES = {

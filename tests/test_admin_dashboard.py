@@ -355,7 +355,7 @@ class Load:
 
 def test_dashboard_in_chromium_under_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (tests/dbservers.py lists it)"
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (tools/dbservers.py lists it)"
     password = secrets.token_urlsafe(16)
     # processes.manage() and gunicorn() pass the environment on to the example project.
     monkeypatch.setenv("DJANGO_STATIC_ROOT", str(tmp_path / "static"))

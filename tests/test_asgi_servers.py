@@ -38,9 +38,9 @@ import pytest
 from django.conf import settings
 
 from tests import processes
-from tests.dbservers import private_server
 from tests.faults.load import Load, Result, get_paths
 from tests.processes import asgi_server
+from tools.dbservers import private_server
 
 FULL = os.environ.get("DBPOOL_SERVERS") == "full"
 WORKERS = 2

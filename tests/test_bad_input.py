@@ -27,8 +27,8 @@ from django_dbpool.backends.connect_errors import AUTH_HINT, NAME_HINT, UNREACHA
 from django_dbpool.pool import PoolUnavailable
 from django_dbpool.pool.errors import ConnectFailed
 from tests.conftest import wsgi_request
-from tests.dbservers import free_port
-from tests.tcpproxy import tcp_proxy
+from tools.dbservers import free_port
+from tools.tcpproxy import tcp_proxy
 
 ALIAS = "small"
 WRONG_PASSWORD = "Wrong-Pa55word-9f3a1c"

@@ -1,5 +1,5 @@
 """A real Celery worker (``celery worker``, prefork and threads pools) with a real broker
-(Redis, started by ``tests/dbservers.py --redis``) running tasks that use the ORM,
+(Redis, started by ``tools/dbservers.py --redis``) running tasks that use the ORM,
 ``atomic()`` and raw cursors against the suite's database (tests/celeryapp/).
 
 Sessions are counted on the server: those open now (sampled while tasks run), and those ever
@@ -32,7 +32,7 @@ import pytest
 from django.conf import settings
 
 from tests import processes
-from tests.dbservers import POSTGRES_URL_VAR, REDIS_URL_VAR
+from tools.dbservers import POSTGRES_URL_VAR, REDIS_URL_VAR
 
 FULL = os.environ.get("DBPOOL_SERVERS") == "full"
 TASK = "tests.celeryapp.tasks.orm_work"
@@ -46,7 +46,7 @@ def redis_url() -> str:
     if not url:
         pytest.fail(
             f"{REDIS_URL_VAR} is not set: these tests need a Redis broker. Run them with "
-            "`make test`, or under `python tests/dbservers.py --postgres --mysql --redis -- ...`."
+            "`make test`, or under `python tools/dbservers.py --postgres --mysql --redis -- ...`."
         )
     return url
 

@@ -15,7 +15,7 @@ import MySQLdb
 import psycopg
 import pytest
 
-from tests import dbservers
+from tools import dbservers
 
 
 def pg_params(url: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR, free_port
+from tools.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

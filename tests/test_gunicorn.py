@@ -12,9 +12,9 @@ import pytest
 from django.conf import settings
 
 from tests import processes
-from tests.dbservers import private_server
 from tests.faults.load import Load, get_paths
 from tests.processes import gunicorn
+from tools.dbservers import private_server
 
 
 def get(url: str, timeout: float = 30) -> tuple[int, bytes]:

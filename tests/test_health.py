@@ -85,7 +85,7 @@ def test_ready_is_503_while_draining(client: Client) -> None:
 def test_ready_is_503_when_a_database_is_unreachable_then_200_again(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.dbservers import free_port
+    from tools.dbservers import free_port
 
     wrapper = connections["small"]
     wrapper.close()

@@ -23,8 +23,8 @@ import pytest
 from django.conf import settings
 
 from django_dbpool.backends.connect_errors import AUTH_HINT
-from tests.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR, free_port
 from tests.processes import stop_gracefully, wait_until_serving
+from tools.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR, free_port
 
 WRONG_PASSWORD = "Wrong-Pa55word-5e1d7b"
 

@@ -28,8 +28,8 @@ from django_dbpool.options import alias_options
 from django_dbpool.pool import PoolUnavailable
 from django_dbpool.pool.errors import ConnectFailed
 from django_dbpool.tagging import application_name
-from tests import dbservers
 from tests.test_dbservers import pg_params
+from tools import dbservers
 
 # The checks read settings.DATABASES only; overriding it is what they are about.
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
@@ -52,7 +52,7 @@ def database_access(django_db_blocker: Any) -> Iterator[None]:
 def postgres_url() -> str:
     url = os.environ.get(dbservers.POSTGRES_URL_VAR)
     if not url:
-        pytest.fail(f"{dbservers.POSTGRES_URL_VAR} is not set: run through tests/dbservers.py")
+        pytest.fail(f"{dbservers.POSTGRES_URL_VAR} is not set: run through tools/dbservers.py")
     return url
 
 

@@ -15,7 +15,7 @@ from django.db import connections
 
 from django_dbpool import shutdown
 from tests import processes
-from tests.dbservers import free_port
+from tools.dbservers import free_port
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,8 @@ from django.test import override_settings
 
 from django_dbpool import parse_database_url
 from django_dbpool.checks import check_deployment
-from tests.dbservers import MYSQL_CA_VAR
 from tests.test_bad_input import ALIAS, misconfigured
+from tools.dbservers import MYSQL_CA_VAR
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases=["default", ALIAS]),
@@ -36,7 +36,7 @@ def tls_url() -> str:
         # The launcher's URL already says sslmode=verify-full&sslrootcert=...
         return "pgpool://" + plain.split("://", 1)[1]
     ca = os.environ.get(MYSQL_CA_VAR)
-    assert ca, f"{MYSQL_CA_VAR} is not set: run the suite through tests/dbservers.py"
+    assert ca, f"{MYSQL_CA_VAR} is not set: run the suite through tools/dbservers.py"
     return f"mysqlpool://{plain.split('://', 1)[1]}?ssl_mode=VERIFY_IDENTITY&ssl_ca={quote(ca)}"
 
 

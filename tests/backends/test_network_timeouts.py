@@ -1,6 +1,6 @@
 """NETWORK_TIMEOUT on the real server: the socket settings each driver's connections get, a
 long statement on a healthy link that no timeout cuts, a Unix socket left alone, and a
-partition (packets dropped by nftables, see tests/partition.py) that ends the statement in
+partition (packets dropped by nftables, see tools/partition.py) that ends the statement in
 flight within NETWORK_TIMEOUT plus a margin, whichever way the link went silent.
 
 CONNECT_TIMEOUT against a server that accepts and never answers is a row of
@@ -20,9 +20,9 @@ import pytest
 from django.db import OperationalError, connection
 
 from tests.backends.test_pooling import raw_connection, session_id
-from tests.dbservers import MYSQL_SOCKET_VAR, POSTGRES_SOCKET_VAR
-from tests.partition import Partition, dropped_link
 from tests.test_bad_input import ALIAS, misconfigured
+from tools.dbservers import MYSQL_SOCKET_VAR, POSTGRES_SOCKET_VAR
+from tools.partition import Partition, dropped_link
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", ALIAS])
 
@@ -98,7 +98,7 @@ def test_a_statement_longer_than_the_timeouts_on_a_healthy_link_succeeds(
 def test_a_unix_socket_connection_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     var = POSTGRES_SOCKET_VAR if connection.vendor == "postgresql" else MYSQL_SOCKET_VAR
     address = os.environ.get(var)
-    assert address, f"{var} is not set: run the suite through tests/dbservers.py"
+    assert address, f"{var} is not set: run the suite through tools/dbservers.py"
     settings = {"MAX_SIZE": 2, "TIMEOUT": 60, "NETWORK_TIMEOUT": NETWORK_TIMEOUT}
     with misconfigured(monkeypatch, HOST=address, POOL=settings) as wrapper:
         assert session_id(ALIAS) > 0

@@ -16,9 +16,9 @@ from django.db import connection, connections, transaction
 from django_dbpool.pool import PoolTimeout
 from example_project.bank.models import Account
 from tests.conftest import holding_every_connection, wsgi_get
-from tests.dbservers import MYSQL_SOCKET_VAR, POSTGRES_SOCKET_VAR
 from tests.test_bad_input import ALIAS, misconfigured
 from tests.views import SESSION_ID_SQL
+from tools.dbservers import MYSQL_SOCKET_VAR, POSTGRES_SOCKET_VAR
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "small", "reset"])
 
@@ -301,7 +301,7 @@ def test_killed_idle_connection_over_a_unix_socket_is_replaced(
     # Over a Unix socket the checkout check polls the socket (TCP's reads the TCP state).
     var = POSTGRES_SOCKET_VAR if connection.vendor == "postgresql" else MYSQL_SOCKET_VAR
     address = os.environ.get(var)
-    assert address, f"{var} is not set: run the suite through tests/dbservers.py"
+    assert address, f"{var} is not set: run the suite through tools/dbservers.py"
     # PostgreSQL's socket file is named after PORT, which stays.
     with misconfigured(monkeypatch, HOST=address) as wrapper:
         victim = session_id(ALIAS)

@@ -29,10 +29,10 @@ from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 
-from tests.dbservers import private_server
 from tests.faults import report
 from tests.faults.load import NUMBER_HEADER, Result
 from tests.processes import MANAGE, gunicorn, project_env
+from tools.dbservers import private_server
 
 #: ``make test-faults`` sets DBPOOL_FAULTS=full: longer load and repeated faults.
 FULL = os.environ.get("DBPOOL_FAULTS", "") == "full"

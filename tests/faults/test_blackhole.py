@@ -15,7 +15,7 @@ import time
 from tests.faults.harness import FULL, GRACE, get, private_database, record, serving
 from tests.faults.load import Load, errors_text, first_success_after, get_paths, unanswered
 from tests.faults.report import Row
-from tests.tcpproxy import tcp_proxy
+from tools.tcpproxy import tcp_proxy
 
 TIMEOUT = 1
 MAX_SIZE = 2

@@ -29,11 +29,11 @@ from django.db import connection, connections
 from django_dbpool.backends.base import take_all_pools
 from django_dbpool.pool import _fork
 from tests import processes
-from tests.dbservers import free_port
 from tests.faults.harness import record
 from tests.faults.report import Row
 from tests.pool.test_fork import run_in_child
 from tests.views import SESSION_ID_SQL
+from tools.dbservers import free_port
 
 FULL = os.environ.get("DBPOOL_FAULTS") == "full"
 ROUNDS = 6 if FULL else 3  # generations of workers, each forked from the same master

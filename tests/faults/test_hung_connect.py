@@ -14,7 +14,7 @@ import time
 from tests.faults.harness import FULL, GRACE, private_database, record, serving
 from tests.faults.load import Load, errors_text, first_success_after, get_paths, unanswered
 from tests.faults.report import Row
-from tests.tcpproxy import tcp_proxy
+from tools.tcpproxy import tcp_proxy
 
 CONNECT_TIMEOUT = 10  # the default
 TIMEOUT = 3

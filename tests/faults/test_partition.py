@@ -1,5 +1,5 @@
 """Fault scenario 3b: a network partition between the app and the database. Every packet to
-and from the database's port is dropped (nftables rules, see tests/partition.py), so that
+and from the database's port is dropped (nftables rules, see tools/partition.py), so that
 neither end hears anything, TCP acknowledgements included: unlike the stalled proxy of
 scenario 3, whose kernel acknowledges every byte, this is a silence TCP itself can notice.
 
@@ -24,7 +24,7 @@ from tests.faults.load import (
     unanswered,
 )
 from tests.faults.report import Row
-from tests.partition import dropped_link
+from tools.partition import dropped_link
 
 NETWORK_TIMEOUT = 2
 CONNECT_TIMEOUT = 2

@@ -1,15 +1,15 @@
 """Run modules of Django's own test suite against a database ENGINE.
 
-Usage: python tests/django_suite.py {postgresql,mysql} [--engine MODULE] [--pgbouncer]
+Usage: python tools/django_suite.py {postgresql,mysql} [--engine MODULE] [--pgbouncer]
        [--lease {request,transaction}] [MODULE ...]
 
 The suite comes from the Django sdist matching the installed Django (downloaded once into
 .venv/django-suite/). The server is the one in DBPOOL_TEST_POSTGRES_URL or
-DBPOOL_TEST_MYSQL_URL, as tests/dbservers.py exports them. Runs with --parallel 2, which
+DBPOOL_TEST_MYSQL_URL, as tools/dbservers.py exports them. Runs with --parallel 2, which
 forks worker processes after the test databases are created.
 
 ``--pgbouncer`` (PostgreSQL) runs the tests through the PgBouncer in
-DBPOOL_TEST_PGBOUNCER_URL (``tests/dbservers.py --pgbouncer``), in transaction pooling mode,
+DBPOOL_TEST_PGBOUNCER_URL (``tools/dbservers.py --pgbouncer``), in transaction pooling mode,
 with the settings the README documents for it (``POOL["PGBOUNCER"] = "transaction"``,
 ``DISABLE_SERVER_SIDE_CURSORS``). The test databases are created, cloned and dropped on
 PostgreSQL directly (see PgBouncerRunner); the tests in PGBOUNCER_EXCLUDED, which rely on
@@ -126,7 +126,7 @@ def database(url: str, engine: str, name: str) -> dict[str, object]:
 def required_url(variable: str) -> str:
     url = os.environ.get(variable)
     if not url:
-        raise SystemExit(f"{variable} is not set: run through tests/dbservers.py")
+        raise SystemExit(f"{variable} is not set: run through tools/dbservers.py")
     return url
 
 
@@ -151,7 +151,7 @@ def write_settings(
         # Where PgBouncerRunner creates and drops the test databases.
         direct_settings = database(direct, engine, "")
         extra = (
-            "TEST_RUNNER = 'tests.django_suite.PgBouncerRunner'\n"
+            "TEST_RUNNER = 'tools.django_suite.PgBouncerRunner'\n"
             f"DBPOOL_SUITE_DIRECT = {_server_keys(direct_settings)!r}\n"
         )
     module = "dbpool_suite_settings"

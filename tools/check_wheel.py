@@ -6,7 +6,7 @@ example project, and installs in a clean virtualenv as ``dj-dbpool`` with the im
 The distribution is not called ``django-dbpool``: that name on PyPI is an unrelated 2018
 package which installs an import package of the same name, ``django_dbpool``.
 
-Usage: python tests/check_wheel.py DIST_DIR
+Usage: python tools/check_wheel.py DIST_DIR
 """
 
 from __future__ import annotations

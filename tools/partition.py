@@ -4,14 +4,14 @@
 ``client_port``, those of one connection only) until the block ends or ``limit`` seconds have
 passed, whichever comes first. Both ends' kernels then see silence, as in a real partition:
 nothing is acknowledged, so TCP's own timeouts (``TCP_USER_TIMEOUT``, keepalive) can notice.
-A userspace proxy that stops relaying (``tests/tcpproxy.py``'s black hole) cannot stand in
+A userspace proxy that stops relaying (``tools/tcpproxy.py``'s black hole) cannot stand in
 for this, since its kernel still acknowledges every byte.
 
 The rules live in an nftables table of their own, ``inet dbpool_test_<pid>_<n>``, deleted on
 exit whatever happens; tables that a killed run left behind (their pid no longer runs) are
 deleted before new ones are made. They match loopback traffic only.
 
-Needs root (CAP_NET_ADMIN) and Debian's ``nftables`` (``python tests/dbservers.py ensure``
+Needs root (CAP_NET_ADMIN) and Debian's ``nftables`` (``python tools/dbservers.py ensure``
 installs it): without them a test that partitions fails, it never skips.
 """
 
@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.dbservers import nft_binary
+from tools.dbservers import nft_binary
 
 __all__ = ["Partition", "dropped_link"]
 
@@ -40,7 +40,7 @@ def _nft(*args: str, rules: str | None = None) -> str:
     if nft is None:
         raise RuntimeError(
             "nft not found: network partition tests need nftables. Run "
-            "`python tests/dbservers.py ensure` (as root), or apt-get install nftables."
+            "`python tools/dbservers.py ensure` (as root), or apt-get install nftables."
         )
     result = subprocess.run(
         [nft, *args],

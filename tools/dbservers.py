@@ -4,8 +4,8 @@ Standard library only, so it runs before any virtualenv exists.
 
 Command line::
 
-    python tests/dbservers.py ensure                      # install missing server binaries
-    python tests/dbservers.py [--postgres] [--mysql] [--pgbouncer] [--redis] -- COMMAND [ARGS...]
+    python tools/dbservers.py ensure                      # install missing server binaries
+    python tools/dbservers.py [--postgres] [--mysql] [--pgbouncer] [--redis] -- COMMAND [ARGS...]
 
 The second form starts the servers (both databases when no flag is given), exports
 ``DBPOOL_TEST_POSTGRES_URL`` / ``DBPOOL_TEST_MYSQL_URL`` (and ``DBPOOL_TEST_POSTGRES_LOG``,
@@ -91,7 +91,7 @@ DEBIAN_PACKAGES = {
     # The HTTP load generator of the benchmarks (benchmarks/web.py).
     "wrk": ["wrk"],
     # Network partitions on loopback for the fault tests: rules that drop packets
-    # (tests/partition.py).
+    # (tools/partition.py).
     "nftables": ["nftables"],
     # The message broker of the Celery worker tests (tests/test_celery_worker.py).
     "redis": ["redis-server"],
@@ -377,7 +377,7 @@ class PostgresServer(_Server):
         bindir = postgres_bindir()
         if bindir is None:
             raise LauncherError(
-                "PostgreSQL server binaries not found; run: python tests/dbservers.py ensure"
+                "PostgreSQL server binaries not found; run: python tools/dbservers.py ensure"
             )
         data = self.dir / "data"
         pwfile = self.dir / "pwfile"
@@ -463,7 +463,7 @@ class MariaDBServer(_Server):
         binaries = mariadb_binaries()
         if binaries is None:
             raise LauncherError(
-                "MariaDB server binaries not found; run: python tests/dbservers.py ensure"
+                "MariaDB server binaries not found; run: python tools/dbservers.py ensure"
             )
         install_db, mariadbd = binaries
         data = self.dir / "data"
@@ -557,7 +557,7 @@ class PgBouncerServer(_Server):
     def start(self) -> None:
         binary = pgbouncer_binary()
         if binary is None:
-            raise LauncherError("PgBouncer not found; run: python tests/dbservers.py ensure")
+            raise LauncherError("PgBouncer not found; run: python tools/dbservers.py ensure")
         self._make_certificate()
         # PgBouncer authenticates clients itself, then logs in to PostgreSQL with the
         # same password: it needs it in clear (or as a SCRAM secret) in its user list.
@@ -628,7 +628,7 @@ class RedisServer(_Server):
     def start(self) -> None:
         binary = redis_binary()
         if binary is None:
-            raise LauncherError("redis-server not found; run: python tests/dbservers.py ensure")
+            raise LauncherError("redis-server not found; run: python tools/dbservers.py ensure")
         conf = self.dir / "redis.conf"
         conf.write_text(
             "bind 127.0.0.1\n"
