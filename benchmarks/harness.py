@@ -34,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import stop_gracefully  # noqa: E402
 from tools.dbservers import POSTGRES_LOG_VAR, free_port  # noqa: E402
+from tools.processes import stop_gracefully  # noqa: E402
 
 #: Rows of ``bench_item`` (the site reads one at random per request).
 ROWS = 1000

@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from tools.dbservers import MYSQL_URL_VAR, POSTGRES_LOG_VAR, POSTGRES_URL_VAR, free_port
+from tools.processes import stop_gracefully
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = str(ROOT / "example_project" / "manage.py")
@@ -166,18 +167,6 @@ def gunicorn(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[b
         yield server, base
     finally:
         stop_gracefully(server)
-
-
-def stop_gracefully(server: subprocess.Popen[Any]) -> None:
-    """SIGTERM, and SIGKILL only after 60 s: SIGKILL to a gunicorn master would orphan its
-    workers, which keep their database sessions until they notice."""
-    if server.poll() is None:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 # -- the ASGI test site (tests/asgisite) under real ASGI servers ------------------------------

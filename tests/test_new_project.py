@@ -23,8 +23,9 @@ import pytest
 from django.conf import settings
 
 from django_dbpool.backends.connect_errors import AUTH_HINT
-from tests.processes import stop_gracefully, wait_until_serving
+from tests.processes import wait_until_serving
 from tools.dbservers import MYSQL_URL_VAR, POSTGRES_URL_VAR, free_port
+from tools.processes import stop_gracefully
 
 WRONG_PASSWORD = "Wrong-Pa55word-5e1d7b"
 
