@@ -13,8 +13,8 @@ class DbPoolConfig(AppConfig):
         from . import checks  # noqa: F401
         from .celery import install as install_celery
         from .conf import app_settings
+        from .lifecycle import install
         from .metrics import install as install_metrics
-        from .shutdown import install
         from .tagging import tag_management_command
 
         install(handlers=app_settings.SHUTDOWN_HANDLERS)

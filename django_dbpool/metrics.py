@@ -21,6 +21,9 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from . import snapshots
+from .pool.stats import BUCKETS_SECONDS
+
 __all__ = [
     "forget_process",
     "install",
@@ -95,6 +98,8 @@ def install() -> None:
             return
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ:
             _multiprocess = _multiprocess_metrics(prometheus_client)
+            # Each publication of this process's snapshot feeds the metrics files.
+            snapshots.subscribe(update_multiprocess, forget_process)
         else:
             prometheus_client.REGISTRY.register(PoolCollector())
         _installed = True
@@ -116,9 +121,7 @@ class PoolCollector:
             HistogramMetricFamily,
         )
 
-        from .snapshots import read_snapshots, totals_by_vendor
-
-        per_alias = totals_by_vendor(read_snapshots())
+        per_alias = snapshots.totals_by_vendor(snapshots.read_snapshots())
         connections = GaugeMetricFamily(
             "django_dbpool_connections",
             GAUGES["django_dbpool_connections"],
@@ -196,8 +199,6 @@ def _le_order(item: tuple[Any, ...]) -> float:
 
 
 def _multiprocess_metrics(prometheus_client: Any) -> dict[str, Any]:
-    from .pool.stats import BUCKETS_SECONDS
-
     metrics: dict[str, Any] = {
         "django_dbpool_connections": prometheus_client.Gauge(
             "django_dbpool_connections",

@@ -1,6 +1,7 @@
 """Graceful shutdown: readiness turns 503 at the first SIGTERM/SIGINT, pools drain at exit.
 
-``AppConfig.ready()`` calls :func:`install` (unless ``DBPOOL_SHUTDOWN_HANDLERS`` is False):
+The hooks are installed by :mod:`django_dbpool.lifecycle` (from ``AppConfig.ready()``; the
+signal handlers unless ``DBPOOL_SHUTDOWN_HANDLERS`` is False):
 
 - SIGTERM and SIGINT handlers, in the main thread only, that mark the process draining and
   then **chain** to the handler installed before them (gunicorn's, uvicorn's, runserver's,
@@ -28,13 +29,12 @@ driver call that does not return to Python for signals (mysqlclient retries its 
 cut loose by a watcher thread woken through ``signal.set_wakeup_fd``.
 
 Exit paths that skip ``atexit`` have hooks: :func:`gunicorn_worker_exit` for gunicorn's
-``worker_exit`` setting, and Celery's ``worker_process_shutdown`` signal, connected
-automatically when Celery is installed.
+``worker_exit`` setting, and Celery's ``worker_process_shutdown`` signal, connected by
+``lifecycle`` when Celery is installed.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import signal
@@ -44,13 +44,16 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from . import registry, snapshots
 from .pool import CloseResult, Pool
 
 __all__ = [
+    "after_fork_in_child",
     "begin_drain",
     "close_all_pools",
+    "drain_at_exit",
     "gunicorn_worker_exit",
-    "install",
+    "install_handlers",
     "is_draining",
 ]
 
@@ -93,14 +96,12 @@ def close_all_pools(timeout: float | None = None) -> dict[str, CloseResult]:
     """
     from django.db import connections
 
-    from .backends.base import take_all_pools
-
     _draining.set()
     try:
         connections.close_all()
     except Exception:
         logger.warning("closing this thread's connections failed", exc_info=True)
-    pools = take_all_pools()
+    pools = registry.take_all_pools()
     if not pools:
         return {}
     if timeout is None:
@@ -142,11 +143,9 @@ def gunicorn_worker_exit(server: object, worker: object) -> None:
     close_all_pools()
 
 
-def _celery_worker_process_shutdown(**kwargs: object) -> None:
-    close_all_pools()
-
-
-def _at_exit() -> None:
+def drain_at_exit() -> None:
+    """The ``atexit`` drain (registered by ``lifecycle``): :func:`close_all_pools`, during
+    which a second signal stops the wait."""
     global _exiting
     _exiting = True
     close_all_pools()
@@ -180,9 +179,7 @@ def _handle(signum: int, frame: FrameType | None) -> None:
 
 
 def _retire_all_pools() -> None:
-    from .backends.base import pools
-
-    for pool in pools().values():
+    for pool in registry.pools().values():
         pool.retire()
 
 
@@ -191,14 +188,11 @@ def _own_connections() -> list[tuple[Pool[Any], Any, bool]]:
     # connection, whether this thread was interrupted inside the driver with it).
     from django.db import connections
 
-    from .backends.base import PooledWrapperMixin
-
     own = []
     for wrapper in connections.all(initialized_only=True):
-        if isinstance(wrapper, PooledWrapperMixin):
-            held = wrapper.dbpool_held()
-            if held is not None:
-                own.append(held)
+        held = getattr(wrapper, "dbpool_held", None)  # the pooled backends' wrappers
+        if held is not None and (current := held()) is not None:
+            own.append(current)
     return own
 
 
@@ -208,8 +202,6 @@ def _close_before_dying(own: list[tuple[Pool[Any], Any, bool]]) -> None:
     # statements go back here (rolled back, then closed with the pool); one it was using
     # inside the driver is cut off (PostgreSQL: its statement cancelled), as are those
     # other threads still hold after EXIT_DRAIN_SECONDS.
-    from .snapshots import forget_own_snapshot
-
     for pool, connection, busy in own:
         if not busy:
             try:
@@ -218,7 +210,7 @@ def _close_before_dying(own: list[tuple[Pool[Any], Any, bool]]) -> None:
                 logger.debug("giving back the main thread's connection failed", exc_info=True)
     _cut_off_the_main_thread()
     close_all_pools(timeout=EXIT_DRAIN_SECONDS)
-    forget_own_snapshot()  # dying of the signal skips atexit
+    snapshots.forget_own_snapshot()  # dying of the signal skips atexit
 
 
 def _watch_wakeups(read_fd: int) -> None:
@@ -251,10 +243,8 @@ def _unstick_main_thread() -> None:
 
 
 def _cut_off_the_main_thread() -> None:
-    from .backends.base import pools
-
     main = threading.main_thread()
-    for pool in pools().values():
+    for pool in registry.pools().values():
         pool.cut_off(main)
 
 
@@ -291,7 +281,8 @@ def _start_watcher() -> None:
     watcher.thread.start()
 
 
-def _forget_watcher_in_child() -> None:
+def after_fork_in_child() -> None:
+    """In a forked child (``lifecycle``): the watcher of the parent is left behind."""
     # The child inherits the wakeup descriptor but not the watcher thread: a signal the
     # child catches would wake the parent's watcher. Point the child's copies at /dev/null
     # (closing them would let a new file take the descriptor number), then start a watcher
@@ -314,15 +305,10 @@ def _forget_watcher_in_child() -> None:
     _start_watcher()
 
 
-os.register_at_fork(after_in_child=_forget_watcher_in_child)
-
-
-def install(handlers: bool = True) -> None:
-    """Register the ``atexit`` drain, the SIGTERM/SIGINT handlers (when ``handlers`` and
-    this is the main thread) and the Celery hook. Idempotent."""
-    atexit.unregister(_at_exit)
-    atexit.register(_at_exit)
-    if handlers and threading.current_thread() is threading.main_thread():
+def install_handlers() -> None:
+    """Install the SIGTERM/SIGINT handlers, when this is the main thread (``lifecycle``).
+    Idempotent."""
+    if threading.current_thread() is threading.main_thread():
         foreign = []
         for signum in _SIGNALS:
             current = signal.getsignal(signum)
@@ -345,10 +331,3 @@ def install(handlers: bool = True) -> None:
                 "django_dbpool.shutdown.close_all_pools() (uWSGI: uwsgi.atexit).",
                 " and ".join(foreign),
             )
-    try:
-        from celery.signals import worker_process_shutdown
-    except ImportError:
-        return
-    worker_process_shutdown.connect(
-        _celery_worker_process_shutdown, weak=False, dispatch_uid="django_dbpool"
-    )

@@ -21,7 +21,6 @@ A process's file: ``{"pid", "host", "process", "started_at", "updated_at", "inte
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import hashlib
@@ -42,8 +41,10 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
+from .conf import app_settings
 from .pool import PoolStats
 from .pool.stats import CLOSE_REASONS, COUNTERS, GAUGES, HISTOGRAMS, PIN_REASONS, Histogram
+from .registry import described_pools
 
 __all__ = [
     "check_stats_dir",
@@ -52,6 +53,7 @@ __all__ = [
     "publish_now",
     "read_snapshots",
     "stats_dir",
+    "subscribe",
     "totals",
 ]
 
@@ -61,7 +63,7 @@ _HOST = socket.gethostname()
 _started_at = time.time()
 _publisher_pid = 0
 #: True once this process publishes, or never will (disable_publishing); false again in a
-#: forked child (see _forget_parent_publisher), so that checking it costs no system call.
+#: forked child (see after_fork_in_child), so that checking it costs no system call.
 _publishing = False
 _publisher_lock = threading.Lock()
 _directory: Path | None = None  # where this process publishes, fixed when publishing starts
@@ -80,8 +82,6 @@ def stats_dir() -> Path:
     """``DBPOOL_STATS_DIR``, or a directory under the system temp directory that is distinct
     per user and per project (named after the uid, and derived from the settings module's
     name and file). Only the path: :func:`check_stats_dir` says whether it may be used."""
-    from .conf import app_settings
-
     configured = app_settings.STATS_DIR
     if configured:
         return Path(configured)
@@ -179,6 +179,19 @@ def _warn_once(path: Path, message: str) -> None:
     logger.warning("%s", message)
 
 
+OnPublish = Callable[[str, str, Mapping[str, Any], str], object]
+#: (on_publish(alias, vendor, stats as a dict, lease), on_forget()) pairs: see subscribe().
+_subscribers: list[tuple[OnPublish, Callable[[], object]]] = []
+
+
+def subscribe(on_publish: OnPublish, on_forget: Callable[[], object]) -> None:
+    """Have ``on_publish(alias, vendor, stats, lease)`` called for each pool as this process
+    publishes its snapshot (``stats``: ``PoolStats.as_dict()``), and ``on_forget()`` as it
+    removes it at exit. Idempotent for the same pair (the metrics subscribe)."""
+    if (on_publish, on_forget) not in _subscribers:
+        _subscribers.append((on_publish, on_forget))
+
+
 def disable_publishing() -> None:
     """This process never publishes (``poolstats`` itself, for one)."""
     global _publishing
@@ -197,8 +210,6 @@ def _start_publisher() -> None:
     with _publisher_lock:
         if _publishing:
             return
-        from .conf import app_settings
-
         interval = app_settings.STATS_INTERVAL
         _publisher_pid = os.getpid()
         _publishing = True
@@ -210,19 +221,16 @@ def _start_publisher() -> None:
             target=_publish_loop, args=(interval,), name="django_dbpool publisher", daemon=True
         )
         thread.start()
-        atexit.register(forget_own_snapshot)
 
 
-def _forget_parent_publisher() -> None:
-    # In a forked child: the parent's publisher thread did not come along, and its locks may
-    # have been held by a thread that does not exist here.
+def after_fork_in_child() -> None:
+    """In a forked child (``lifecycle``): the parent's publisher thread did not come along,
+    and its locks may have been held by a thread that does not exist here. The child's pools
+    start its own publisher as they start."""
     global _publishing, _publisher_lock, _warned_lock
     _publishing = False
     _publisher_lock = threading.Lock()
     _warned_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_parent_publisher)
 
 
 def _publish_loop(interval: float) -> None:
@@ -243,20 +251,16 @@ def publish_now(directory: Path | None = None) -> Path | None:
     """Write this process's snapshot now, in ``directory`` (default: where this process
     publishes); returns its path. None without pools, or when the directory is refused
     (see :func:`check_stats_dir`; that is logged once per process, not raised)."""
-    from .backends.base import described_pools
-    from .conf import app_settings
-
     current = described_pools()
     if not current:
         return None
     now = time.time()
     entries: dict[str, Any] = {}
-    from .metrics import update_multiprocess
-
     for alias, (pool, vendor, lease) in current.items():
         stats = pool.stats()
         as_dict = stats.as_dict()
-        update_multiprocess(alias, vendor, as_dict, lease)
+        for on_publish, _ in _subscribers:
+            on_publish(alias, vendor, as_dict, lease)
         entries[alias] = {
             "vendor": vendor,
             "lease": lease,
@@ -349,10 +353,9 @@ def quantile(
 
 def forget_own_snapshot() -> None:
     """Remove this process's snapshot (and the directory, if no other process publishes
-    there). Called at exit."""
-    from .metrics import forget_process
-
-    forget_process()
+    there). Called at exit (``lifecycle``), and by a process dying of a signal."""
+    for _, on_forget in _subscribers:
+        on_forget()
     if _directory is None or _publisher_pid != os.getpid():
         return
     try:

@@ -27,6 +27,8 @@ from urllib.parse import quote
 
 from django.conf import settings
 
+from .conf import app_settings
+
 __all__ = [
     "PROCESS_TAGS",
     "TAGS",
@@ -88,8 +90,6 @@ def holder_info() -> str | None:
 def application_name(alias: str) -> str:
     """The process tag for ``alias``: ``DBPOOL_APPLICATION_NAME`` rendered now (the pid of
     this process), cut to PostgreSQL's 63 bytes."""
-    from .conf import app_settings
-
     template = app_settings.APPLICATION_NAME
     module = getattr(settings, "SETTINGS_MODULE", None) or "django"
     text = template.format(
@@ -178,8 +178,6 @@ def request_tags(tags: Mapping[str, str]) -> Iterator[None]:
 def _make_middleware() -> type:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
     from django.http import HttpRequest, HttpResponse
-
-    from .conf import app_settings
 
     class ConnectionTagMiddleware:
         """Tags the database statements of each request with its route and view (and, with

@@ -267,8 +267,8 @@ def test_handlers_installed_from_c_are_left_in_place(tmp_path: Path) -> None:
         settings.LOGGING_CONFIG = None  # keep this handler
         import django
         django.setup()  # installs the handlers
-        from django_dbpool import shutdown
-        shutdown.install()  # again: still one message
+        from django_dbpool import lifecycle, shutdown
+        lifecycle.install()  # again: still one message
         print("SIGTERM", signal.getsignal(signal.SIGTERM))
         print("SIGINT", signal.getsignal(signal.SIGINT) is shutdown._handle)
         """

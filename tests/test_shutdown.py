@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from django.db import connections
 
-from django_dbpool import shutdown
+from django_dbpool import lifecycle, shutdown
 from tests import processes
 from tools.dbservers import free_port
 
@@ -31,7 +31,7 @@ def test_handler_marks_draining_and_chains_to_the_previous_handler() -> None:
     calls: list[int] = []
     try:
         signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
-        shutdown.install()
+        shutdown.install_handlers()
         assert signal.getsignal(signal.SIGTERM) is shutdown._handle
         signal.raise_signal(signal.SIGTERM)
         assert shutdown.is_draining()
@@ -206,6 +206,6 @@ def test_celery_worker_process_shutdown_is_connected_when_celery_is_installed(
     monkeypatch.setitem(sys.modules, "celery.signals", celery_signals)
     drained: list[bool] = []
     monkeypatch.setattr(shutdown, "close_all_pools", lambda timeout=None: drained.append(True))
-    shutdown.install(handlers=False)
+    lifecycle.install(handlers=False)
     worker_process_shutdown.send(sender=None, pid=1, exitcode=0)
     assert drained == [True]

@@ -19,7 +19,7 @@ import copy
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
@@ -29,89 +29,19 @@ from django.db.utils import DatabaseErrorWrapper
 from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 
-from .. import metrics, snapshots, tagging
+# lifecycle: imported for its fork hook, which must be in place wherever the backends are.
+from .. import metrics, registry, snapshots, tagging
 from ..options import AliasOptions, alias_options, driver_options
 from ..pool import ConnectionAdapter, Pool, _fork
 from ..pool.errors import ConnectFailed
+from ..registry import Entry
 from .connect_errors import connect_failed
 from .cursors import TaggingCursorMixin, tagging_cursor_class
 from .leasing import LeasingMixin, lease_cursor_mixin
 from .support import VendorSupport
 from .watch import watch_for_server_close
 
-__all__ = [
-    "PooledWrapperMixin",
-    "described_pools",
-    "pools",
-    "take_all_pools",
-]
-
-
-class _Entry(NamedTuple):
-    # The settings the pool's connections were opened with: scalars, and deep copies of
-    # OPTIONS and POOL compared by equality (so that an edit in place is noticed).
-    key: tuple[Any, ...]
-    options: dict[str, Any]
-    pool_settings: Any
-    database: tuple[Any, ...]  # (HOST, PORT, NAME): which database they are connected to
-    pool: Pool[Any]
-    # What get_connection_params() returns for these settings: Django's connect() asks for
-    # it at every checkout, and building it costs more than the checkout itself.
-    params: dict[str, Any]
-    #: The alias's validated POOL options (LEASE, SESSION_SQL, ...).
-    alias_options: AliasOptions
-    vendor: str
-
-
-# One pool per alias per process, shared by the wrappers of every thread; replaced when the
-# alias's connection settings change (the test runner renames NAME to test_NAME, say).
-_pools: dict[str, _Entry] = {}
-_pools_lock = threading.Lock()
-
-
-#: Changes in a forked child: what a wrapper renders once per process (the process tag, which
-#: holds the pid) is rendered again when it differs, with no os.getpid() system call per query.
-_fork_generation = 1
-
-
-def _reset_lock_in_child() -> None:
-    # Another thread may have held the lock at fork(): the child starts with a free one, and
-    # in a new fork generation.
-    global _pools_lock, _fork_generation
-    _pools_lock = threading.Lock()
-    _fork_generation += 1
-
-
-def _forget_inherited_connections() -> None:
-    # Runs after the pools' own fork handling (registered first, when ..pool was imported),
-    # in the child's only thread: the one that forked. Its Django connections may hold
-    # connections checked out from the parent's pools; used, they would talk on the
-    # parent's sessions. Drop them as close() would (the pool ignores inherited ones), so
-    # that the next query checks out a connection of the child's own.
-    try:
-        from django.db import connections
-
-        wrappers = connections.all(initialized_only=True)
-    except Exception:  # Django not configured: no wrapper exists
-        return
-    for wrapper in wrappers:
-        if not isinstance(wrapper, PooledWrapperMixin) or wrapper._dbpool_lease is None:
-            continue
-        if not _fork.is_inherited(wrapper.connection):
-            continue
-        wrapper._dbpool_lease = None
-        wrapper.run_on_commit = []
-        if wrapper.in_atomic_block:
-            # Django's state for a connection lost inside atomic(): queries fail until the
-            # outermost block exits. The connection can no longer reach the parent.
-            wrapper.closed_in_transaction = True
-            wrapper.needs_rollback = True
-        else:
-            wrapper.connection = None
-
-
-os.register_at_fork(after_in_child=_reset_lock_in_child)
-os.register_at_fork(after_in_child=_forget_inherited_connections)
+__all__ = ["PooledWrapperMixin"]
 
 
 class _PoolErrorWrapper(DatabaseErrorWrapper):
@@ -165,10 +95,10 @@ class PooledWrapperMixin(LeasingMixin):
         super().__init__(settings_dict, alias)
         self._dbpool_lease: Pool[Any] | None = None
         self._dbpool_configured = False
-        self._dbpool_params_entry: _Entry | None = None
+        self._dbpool_params_entry: Entry | None = None
         self._dbpool_configure_lock = threading.Lock()
         self._dbpool_lock_pid = os.getpid()
-        self._dbpool_app_tag: tuple[int, str] = (0, "")  # (_fork_generation, tag)
+        self._dbpool_app_tag: tuple[int, str] = (0, "")  # (fork generation, tag)
 
     # -- Django's pool vocabulary -------------------------------------------------------------
 
@@ -188,10 +118,10 @@ class PooledWrapperMixin(LeasingMixin):
     def _dbpool_pool(self) -> Pool[Any]:
         return self._dbpool_entry().pool
 
-    def _dbpool_entry(self) -> _Entry:
+    def _dbpool_entry(self) -> Entry:
         # The checkout path: the caller already knows pooling is on for this wrapper. A pool
         # closed by hand (pool.close()) is replaced, as close_pool() would have it.
-        entry = _pools.get(self.alias)
+        entry = registry.get(self.alias)
         if entry is not None and not entry.pool.closed and self._dbpool_matches(entry):
             return entry
         return self._dbpool_replace_pool()
@@ -208,13 +138,9 @@ class PooledWrapperMixin(LeasingMixin):
             getattr(super(), "close_pool", lambda: None)()
             return
         database = self._dbpool_database()
-        with _pools_lock:
-            closing = [
-                alias
-                for alias, entry in _pools.items()
-                if alias == self.alias or entry.database == database
-            ]
-            entries = [_pools.pop(alias) for alias in closing]
+        entries = registry.remove(
+            lambda alias, entry: alias == self.alias or entry.database == database
+        )
         for entry in entries:
             entry.pool.close(timeout=0, force=False)
 
@@ -226,7 +152,7 @@ class PooledWrapperMixin(LeasingMixin):
         entry, self._dbpool_params_entry = self._dbpool_params_entry, None
         # connect() asked get_connection_params() for these settings just now: if that
         # matched the current pool, it is still the one (compared by identity).
-        pool = entry.pool if entry is not None and _pools.get(self.alias) is entry else None
+        pool = entry.pool if entry is not None and registry.get(self.alias) is entry else None
         if pool is None or pool.closed:
             pool = self._dbpool_pool()
         self._dbpool_configured = True
@@ -235,7 +161,6 @@ class PooledWrapperMixin(LeasingMixin):
     def _dbpool_checkout(self, pool: Pool[Any], recent: Any = None) -> Any:
         # recent: a connection this wrapper gave back moments ago, not checked again if it
         # comes back (transaction leases: the next statement's lease).
-        snapshots.ensure_publisher()
         # The place of acquisition in warnings: connect() (or get_new_connection()).
         connection = pool.acquire(stacklevel=2)
         if connection is not recent and connection.dbpool_closed_by_server():
@@ -344,6 +269,23 @@ class PooledWrapperMixin(LeasingMixin):
         connection, self._dbpool_conn = self._dbpool_conn, None
         pool.release(connection, broken=self.dbpool_broken)
 
+    def dbpool_forget_inherited(self) -> None:
+        """In a forked child (``lifecycle``), after the pools' own fork handling: a
+        connection checked out from the parent's pool would talk on the parent's session.
+        Drop it as close() would (the pool ignores inherited ones), so that the next query
+        checks out one of the child's own."""
+        if self._dbpool_lease is None or not _fork.is_inherited(self.connection):
+            return
+        self._dbpool_lease = None
+        self.run_on_commit = []
+        if self.in_atomic_block:
+            # Django's state for a connection lost inside atomic(): queries fail until the
+            # outermost block exits. The connection can no longer reach the parent.
+            self.closed_in_transaction = True
+            self.needs_rollback = True
+        else:
+            self.connection = None
+
     def dbpool_held(self) -> tuple[Pool[Any], Any, bool] | None:
         """``(pool, connection, busy)`` for the pooled connection this wrapper holds, None if
         it holds none; ``busy``: a thread is inside the driver with it right now (see
@@ -392,9 +334,9 @@ class PooledWrapperMixin(LeasingMixin):
         """The process tag of this alias (``application_name``), for query comments;
         rendered once per process."""
         generation, text = self._dbpool_app_tag
-        if generation != _fork_generation:
+        if generation != registry.fork_generation():
             text = tagging.application_name(self.alias)
-            self._dbpool_app_tag = (_fork_generation, text)
+            self._dbpool_app_tag = (registry.fork_generation(), text)
         return text
 
     # -- vendor hooks ---------------------------------------------------------------------------
@@ -444,7 +386,7 @@ class PooledWrapperMixin(LeasingMixin):
         # when the TIME_ZONE or USE_TZ setting changes.
         return (s["NAME"], s["USER"], s["PASSWORD"], s["HOST"], s["PORT"], self.timezone_name)
 
-    def _dbpool_matches(self, entry: _Entry) -> bool:
+    def _dbpool_matches(self, entry: Entry) -> bool:
         # Runs at every checkout: plain comparisons, no copies.
         s = self.settings_dict
         return (
@@ -453,7 +395,7 @@ class PooledWrapperMixin(LeasingMixin):
             and entry.pool_settings == s.get("POOL")
         )
 
-    def _dbpool_replace_pool(self) -> _Entry:
+    def _dbpool_replace_pool(self) -> Entry:
         # Validate and build outside the lock (no I/O: the pool connects lazily), then
         # install unless another thread won the race.
         options = alias_options(self.alias, self.settings_dict)
@@ -468,8 +410,11 @@ class PooledWrapperMixin(LeasingMixin):
             name=self.alias,
             holder_info=tagging.holder_info,
             is_transient=self.connect_error_is_transient,
+            # This process's stats publisher starts with its first pool (again in a forked
+            # child, where the pools start afresh).
+            on_start=snapshots.ensure_publisher,
         )
-        entry = _Entry(
+        entry = Entry(
             self._dbpool_key(),
             copy.deepcopy(self.settings_dict["OPTIONS"]),
             copy.deepcopy(self.settings_dict.get("POOL")),
@@ -479,15 +424,7 @@ class PooledWrapperMixin(LeasingMixin):
             options,
             self.vendor,
         )
-        with _pools_lock:
-            current = _pools.get(self.alias)
-            if current is not None and not current.pool.closed and self._dbpool_matches(current):
-                stale: Pool[Any] | None = new_pool
-                winner = current
-            else:
-                stale = current.pool if current is not None else None
-                winner = entry
-                _pools[self.alias] = entry
+        winner, stale = registry.install(self.alias, entry, keep=self._dbpool_matches)
         if stale is not None:
             stale.close(timeout=0, force=False)
         return winner
@@ -561,7 +498,7 @@ class PooledWrapperMixin(LeasingMixin):
 
     def get_connection_params(self) -> dict[str, Any]:
         if not self.dbpool_private and self._dbpool_enabled():
-            entry = _pools.get(self.alias)
+            entry = registry.get(self.alias)
             if entry is not None and not entry.pool.closed and self._dbpool_matches(entry):
                 self._dbpool_params_entry = entry
                 return dict(entry.params)
@@ -569,34 +506,3 @@ class PooledWrapperMixin(LeasingMixin):
 
     def _dbpool_connection_params(self) -> dict[str, Any]:
         return driver_options(super().get_connection_params())
-
-
-def take_all_pools() -> dict[str, Pool[Any]]:
-    """Remove every pool from the registry and return them by alias, for closing. The next
-    connection of an alias opens a new pool."""
-    with _pools_lock:
-        entries = dict(_pools)
-        _pools.clear()
-    return {alias: entry.pool for alias, entry in entries.items()}
-
-
-class DescribedPool(NamedTuple):
-    pool: Pool[Any]
-    vendor: str  # "postgresql" or "mysql"
-    lease: str  # the alias's LEASE: "request" or "transaction"
-
-
-def described_pools() -> dict[str, DescribedPool]:
-    """The open pools of this process by alias, with their vendor and ``LEASE``; read from
-    the pools themselves, so also for wrappers of aliases that ``DATABASES`` does not have."""
-    with _pools_lock:
-        return {
-            alias: DescribedPool(entry.pool, entry.vendor, entry.alias_options.lease)
-            for alias, entry in _pools.items()
-        }
-
-
-def pools() -> dict[str, Pool[Any]]:
-    """The open pools of this process, by alias (none before the first connection)."""
-    with _pools_lock:
-        return {alias: entry.pool for alias, entry in _pools.items()}

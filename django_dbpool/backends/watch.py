@@ -19,7 +19,7 @@ import sys
 import weakref
 from typing import Any
 
-__all__ = ["shutdown_socket", "stop_watching", "watch_for_server_close"]
+__all__ = ["after_fork_in_child", "shutdown_socket", "stop_watching", "watch_for_server_close"]
 
 # Linux's TCP_INFO socket option, whose first byte is the TCP state (include/net/tcp_states.h).
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
@@ -31,13 +31,11 @@ _ESTABLISHED = b"\x01"
 _watch_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
 
-def _close_inherited_watch_sockets() -> None:
+def after_fork_in_child() -> None:
+    """In a forked child (``lifecycle``): close the duplicates inherited from the parent."""
     for sock in list(_watch_sockets):
         sock.close()
     _watch_sockets.clear()
-
-
-os.register_at_fork(after_in_child=_close_inherited_watch_sockets)
 
 
 def watch_for_server_close(connection: Any) -> None:

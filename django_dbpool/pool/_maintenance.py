@@ -225,6 +225,12 @@ class Maintenance(PoolState[C]):
     # -- housekeeper --------------------------------------------------------------------------
 
     def _housekeeper_loop(self) -> None:
+        if self._on_start is not None:
+            # Once per process: the pool's background work starts (again in a forked child).
+            try:
+                self._on_start()
+            except Exception:
+                logger.warning("pool %r: on_start failed", self.name, exc_info=True)
         opts = self.options
         periods = [opts.keepalive, opts.max_idle, opts.max_lifetime, opts.leak_timeout]
         # Orphans are looked for every second; more often when an option needs it.

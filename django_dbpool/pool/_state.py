@@ -44,6 +44,7 @@ class PoolState(Generic[C]):
         name: str = "default",
         holder_info: Callable[[], str | None] | None = None,
         is_transient: Callable[[BaseException], bool] | None = None,
+        on_start: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(options, PoolOptions):
@@ -52,6 +53,7 @@ class PoolState(Generic[C]):
         self.options = options
         self._connect = connect
         self._is_transient = is_transient
+        self._on_start = on_start
         self._adapter = adapter
         self._holder_info = holder_info
         self._clock = clock

@@ -49,7 +49,8 @@ _ORPHAN_LOOK_SECONDS = 0.05
 class Pool(Maintenance[C]):
     """A bounded, fair, fork-safe pool of connections made by ``connect``.
 
-    ``Pool(connect, adapter, options=None, *, name="default", holder_info=None)``:
+    ``Pool(connect, adapter, options=None, *, name="default", holder_info=None,
+    is_transient=None, on_start=None)``:
     ``connect()`` opens a new connection (called from a background thread); ``adapter``
     probes, resets and closes connections (see
     :class:`~django_dbpool.pool.adapter.ConnectionAdapter`); ``options`` is a
@@ -60,8 +61,10 @@ class Pool(Maintenance[C]):
     connect errors: one it calls not transient (a wrong configuration rather than an
     unreachable database) is raised at once to the oldest waiting caller instead of being
     retried behind the caller's back; by default every connect error is transient (backoff,
-    then ``PoolUnavailable`` after ``FAIL_FAST_AFTER``). A ``clock`` argument replaces
-    ``time.monotonic`` for connection ages (tests).
+    then ``PoolUnavailable`` after ``FAIL_FAST_AFTER``). ``on_start``, if given, is called
+    once per process from the pool's housekeeper thread as the background work starts (a
+    forked child starts its own). A ``clock`` argument replaces ``time.monotonic`` for
+    connection ages (tests).
 
     Nothing connects at construction: the first acquire that finds no idle connection starts
     the background connector and housekeeper. All methods are thread-safe.

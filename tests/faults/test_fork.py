@@ -26,8 +26,8 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections
 
-from django_dbpool.backends.base import take_all_pools
 from django_dbpool.pool import _fork
+from django_dbpool.registry import take_all_pools
 from tests import processes
 from tests.faults.harness import record
 from tests.faults.report import Row
