@@ -110,8 +110,7 @@ def _borrow_and_probe(pool: Any, timeout: float, result: dict[str, Any]) -> None
     broken = False
     try:
         start = time.monotonic()
-        if not pool._adapter.is_alive(conn):
-            raise ConnectionError("the probe found the connection dead")
+        pool.probe(conn)
         result["probe_ms"] = (time.monotonic() - start) * 1000
     except Exception as exc:
         broken = True

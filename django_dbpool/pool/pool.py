@@ -36,10 +36,8 @@ _getframe = sys._getframe
 #: idle and the oldest waiter is woken to take it, but a running thread that asks first gets
 #: it. Handing every connection to a sleeping thread makes every checkout under contention
 #: sleep and wait for a thread switch; this bound keeps the order fair all the same. Each
-#: pass adds a connection hold time to that waiter's wait: with queries of a millisecond or
-#: more, two passes raised the p99 latency by about a fifth over strict order, one pass left
-#: it where strict order had it, and throughput was the same for both (measured side by
-#: side with the latency scenario and the HTTP load of benchmarks/web.py).
+#: pass adds a connection hold time to that waiter's wait: more than one pass raised the p99
+#: latency over strict order for the same throughput (README, Benchmarks).
 MAX_PASSES = 1
 
 #: How often a draining close() looks for connections whose holder thread has exited.
@@ -87,7 +85,7 @@ class Pool(Maintenance[C]):
         """
         caller = _getframe(stacklevel)
         now = self._clock()
-        # Always-on holder record, about 0.2 µs: the thread, and the caller's code and
+        # Always-on holder record, kept cheap: the thread, and the caller's code and
         # bytecode offset (its line number is computed only if a warning needs it).
         if self._bare_holder:
             holder: Holder = (
@@ -196,6 +194,14 @@ class Pool(Maintenance[C]):
         for other in retired:
             self._close_slot(other, "shutdown")
         self._close_slot(slot, reason)
+
+    def probe(self, conn: C) -> None:
+        """Check a connection checked out from this pool with a round trip (the adapter's
+        ``is_alive``), for health checks; raises the driver's error, or ``ConnectionError``
+        when the adapter reports the connection dead. The caller releases it, as broken if
+        this raised."""
+        if not self._adapter.is_alive(conn):
+            raise ConnectionError("the probe found the connection dead")
 
     def share(self, conn: C) -> None:
         """Mark a checked-out connection as used by more threads than the one that acquired
@@ -434,9 +440,8 @@ class Pool(Maintenance[C]):
 
         Thread affinity: each of a server's threads keeps to one session, as with persistent
         connections. Handing connections from thread to thread made gunicorn's threads block
-        about twice as often per request as persistent connections; with affinity, as often
-        (benchmarks/web.py with MAX_SIZE equal to the threads, 8 rounds on each database;
-        median requests/s 1.00x to 1.15x). A thread's own connection is the one it returned
+        more often per request than persistent connections; with affinity, as often
+        (benchmarks/web.py). A thread's own connection is the one it returned
         last: the slot's last holder, which a checkout sets anyway, so nothing is kept per
         thread and the common case (the most recently used connection is this thread's)
         costs one comparison in :meth:`acquire`.

@@ -125,3 +125,17 @@ def test_keepalive_probes_idle_connections_and_replaces_dead_ones():
         assert stats.validations_failed == 1
         pool._housekeep()  # b was just probed: not again
         assert driver.probes == 2
+
+
+def test_probe_is_a_round_trip_on_a_checked_out_connection():
+    pool, driver = make_pool(MAX_SIZE=1)
+    with closing(pool):
+        conn = pool.acquire(timeout=10)
+        probes = driver.probes
+        pool.probe(conn)
+        assert driver.probes == probes + 1
+        conn.alive = False  # the server dropped it
+        with pytest.raises(ConnectionError, match="the probe found the connection dead"):
+            pool.probe(conn)
+        pool.release(conn, broken=True)
+        assert pool.stats().closed["broken"] == 1
