@@ -34,7 +34,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -45,6 +44,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from .backends.mysql.support import DEAD_ERRORS
 from .backends.postgresql.support import DEAD_SQLSTATE_PREFIXES
 from .backends.support import all_supports
+from .pool.backoff import full_jitter
 from .pool.errors import PoolError
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ class Attempt:
             self._state = "done"
             return False
         self.error = exc
-        self.delay = random.uniform(0, min(self._cap, self._backoff * 2 ** (self.number - 1)))
+        self.delay = full_jitter(self.number, self._backoff, self._cap)
         self._state = "retry"
         logger.warning(
             "Connection to database %r lost (attempt %d of %d): %s: %s; retrying in %.3f s.",

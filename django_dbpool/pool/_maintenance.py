@@ -17,8 +17,9 @@ import time
 from collections import deque
 from typing import TypeVar
 
-from ._records import Holder, Slot, Waiter, backoff_delay, format_holder, orphaned
+from ._slots import Holder, Slot, Waiter, format_holder, orphaned
 from ._state import PoolState
+from .backoff import full_jitter
 from .errors import ConnectFailed
 
 logger = logging.getLogger("django_dbpool.pool")
@@ -34,6 +35,8 @@ HEDGE_AFTER_SECONDS = 0.5
 #: Connects in flight at most (and at most MAX_SIZE in all). Three, as psycopg_pool's
 #: workers: two connects hanging at once still leave one that can get through.
 MAX_CONNECTS_IN_FLIGHT = 3
+#: The first wait after a failed connect, doubled at each further failure up to BACKOFF_MAX.
+BACKOFF_BASE = 0.05
 #: While failing fast, a caller has a connect tried at most this often (see
 #: Maintenance._request_probe_locked).
 HALF_OPEN_SECONDS = 0.25
@@ -67,8 +70,8 @@ class Maintenance(PoolState[C]):
                 if self._failures:
                     # Back off before retrying; close() or a caller's half-open probe
                     # request (see Pool.acquire) cuts the wait short.
-                    delay = backoff_delay(
-                        self._failures, self.options.backoff_max, self._random.uniform
+                    delay = full_jitter(
+                        self._failures, BACKOFF_BASE, self.options.backoff_max, self._random.uniform
                     )
                     end = time.monotonic() + delay
                     while (

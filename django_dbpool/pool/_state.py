@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from . import _fork
-from ._records import Holder, Slot, Waiter
+from ._slots import Holder, Slot, Waiter
 from .adapter import ConnectionAdapter
 from .errors import PoolTimeout, PoolUnavailable
 from .options import PoolOptions

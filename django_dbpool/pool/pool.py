@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 from . import _fork
 from ._maintenance import Maintenance
-from ._records import Holder, Slot, Waiter, capture_stack, orphaned
+from ._slots import Holder, Slot, Waiter, capture_stack, orphaned
 from .errors import PoolClosed, PoolExhausted
 from .stats import BUCKETS_SECONDS, PIN_REASONS, CloseResult, PoolStats, closed_mapping
 
@@ -111,7 +111,7 @@ class Pool(Maintenance[C]):
                     slot = picked
                 else:
                     idle.pop()
-                if now - slot.last_ok < self._validate_after and now < slot.expires:
+                if now - slot.last_ok < self._validate_after and now < slot.expires:  # Slot.fresh
                     slot.acquired_at = now
                     slot.holder = holder
                     slot.leak_warned = False
@@ -497,7 +497,7 @@ class Pool(Maintenance[C]):
                 if thread not in seen and thread not in holding:
                     seen.add(thread)
                     continue
-            if now - slot.last_ok < self._validate_after and now < slot.expires:
+            if slot.fresh(now, self._validate_after):
                 del idle[i]
                 return slot
             if stale_ok and stale is None:
@@ -543,7 +543,7 @@ class Pool(Maintenance[C]):
                 if self._idle:
                     slot = self._idle.pop()
                     now = self._clock()
-                    if now - slot.last_ok < self._validate_after and now < slot.expires:
+                    if slot.fresh(now, self._validate_after):
                         self._register(slot, holder, now, start)
                         return slot.conn
                     continue
@@ -594,7 +594,7 @@ class Pool(Maintenance[C]):
                         slot = self._idle.pop()
                         self._leave_locked(waiter)
                         now = self._clock()
-                        if now - slot.last_ok < self._validate_after and now < slot.expires:
+                        if slot.fresh(now, self._validate_after):
                             self._register(slot, waiter.holder, now, waiter.since)
                             return slot.conn
                         break

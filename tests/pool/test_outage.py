@@ -9,19 +9,20 @@ import time
 import pytest
 
 from django_dbpool.pool import Pool, PoolUnavailable, _maintenance
-from django_dbpool.pool._records import BACKOFF_BASE, backoff_delay
+from django_dbpool.pool._maintenance import BACKOFF_BASE
+from django_dbpool.pool.backoff import full_jitter
 
 from .fakes import FakeAdapter, FakeConnectError, FakeDriver, closing, make_pool, wait_until
 
 
 def test_backoff_is_exponential_capped_and_fully_jittered():
-    ceilings = [backoff_delay(n, 2.0, lambda low, high: high) for n in range(1, 12)]
+    ceilings = [full_jitter(n, BACKOFF_BASE, 2.0, lambda low, high: high) for n in range(1, 12)]
     assert ceilings[:4] == [BACKOFF_BASE, BACKOFF_BASE * 2, BACKOFF_BASE * 4, BACKOFF_BASE * 8]
     assert ceilings[-1] == 2.0
     assert max(ceilings) == 2.0
-    assert backoff_delay(1000, 2.0, lambda low, high: high) == 2.0
+    assert full_jitter(1000, BACKOFF_BASE, 2.0, lambda low, high: high) == 2.0
     rng = random.Random(7)
-    delays = [backoff_delay(8, 2.0, rng.uniform) for _ in range(200)]
+    delays = [full_jitter(8, BACKOFF_BASE, 2.0, rng.uniform) for _ in range(200)]
     assert all(0.0 <= d <= 2.0 for d in delays)
     assert min(delays) < 0.5 < 1.5 < max(delays)  # full jitter spreads over [0, ceiling]
 
@@ -119,7 +120,7 @@ def _failing_fast_with_a_long_backoff(
 ) -> tuple[Pool[object], FakeDriver]:
     # Every backoff is a minute: only a caller's half-open probe can make the pool try
     # again within the test.
-    monkeypatch.setattr(_maintenance, "backoff_delay", lambda failures, cap, uniform: 60.0)
+    monkeypatch.setattr(_maintenance, "full_jitter", lambda failures, base, cap, uniform: 60.0)
     pool, driver = make_pool(FAIL_FAST_AFTER=1, TIMEOUT=30)
     driver.down = True
     with pytest.raises(PoolUnavailable):

@@ -1,11 +1,11 @@
-"""Private records of the pool: slots, waiters, holder locations, backoff."""
+"""What the pool keeps per connection (slots, with their holders' locations) and per waiting
+caller (waiters)."""
 
 from __future__ import annotations
 
 import linecache
 import random
 import threading
-from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Generic, TypeVar
 
@@ -18,7 +18,6 @@ Stack = tuple[tuple[CodeType, int], ...]
 Holder = tuple[threading.Thread, CodeType, int, str | None, Stack | None]
 
 _STACK_LIMIT = 40
-BACKOFF_BASE = 0.05
 
 
 class Slot(Generic[C]):
@@ -56,6 +55,12 @@ class Slot(Generic[C]):
         # Set when close(force=True) shut the socket under a live holder: the connection
         # closes when released, and is not interrupted again.
         self.cut_off = False
+
+    def fresh(self, now: float, validate_after: float) -> bool:
+        """The freshness rule: handed out without a probe, because it was returned or probed
+        less than ``validate_after`` seconds ago and has not reached its lifetime.
+        ``Pool.acquire``'s fast path has it written out (no call on the hot path)."""
+        return now - self.last_ok < validate_after and now < self.expires
 
 
 def orphaned(slot: Slot[C]) -> bool:
@@ -129,9 +134,3 @@ def _line_number(code: CodeType, offset: int) -> int:
         if start <= offset < end and line is not None:
             return line
     return code.co_firstlineno
-
-
-def backoff_delay(failures: int, cap: float, uniform: Callable[[float, float], float]) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(failures-1))]."""
-    exponent = min(failures - 1, 30)
-    return uniform(0.0, min(cap, BACKOFF_BASE * (2.0**exponent)))
