@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from . import _fork
+from ._connector import Connector
+from ._housekeeper import Housekeeper
 from ._slots import Holder, Slot, Waiter
 from .adapter import ConnectionAdapter
 from .errors import PoolTimeout, PoolUnavailable
@@ -58,6 +60,9 @@ class PoolState(Generic[C]):
         self._holder_info = holder_info
         self._clock = clock
         self._closed = False
+        # The background work, composed: each runs on a thread of its own once started.
+        self._connector: Connector[C] = Connector(self)
+        self._housekeeper: Housekeeper[C] = Housekeeper(self)
         self._reset_state()
         _fork.register(self)
 

@@ -168,7 +168,7 @@ def test_a_shared_wrapper_keeps_its_connection_when_the_opening_thread_exits() -
         opener.join(timeout=30)
         opened = wrapper.connection
         assert opened is not None
-        pool._housekeep()  # the sweep that reclaims connections of exited threads
+        pool._housekeeper.run_once()  # the sweep that reclaims connections of exited threads
         assert pool.stats().orphans_reclaimed == reclaimed
         assert pool.stats().in_use == 1
         session_id()  # still usable here, on the same connection
@@ -200,7 +200,7 @@ def test_a_connection_opened_from_a_thread_not_allowed_to_use_the_wrapper_stays_
     thread.join(timeout=30)
     assert [type(error).__name__ for error in errors] == ["DatabaseError"]
     assert wrapper.connection is not None
-    pool._housekeep()
+    pool._housekeeper.run_once()
     assert pool.stats().orphans_reclaimed == reclaimed
     wrapper.close()
     assert pool.stats().in_use == 0
@@ -222,7 +222,7 @@ def test_a_wrapper_shared_while_it_holds_a_connection_keeps_it_after_its_thread_
     thread.join(timeout=30)
     (wrapper,) = handed
     try:
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert pool.stats().orphans_reclaimed == reclaimed
         with wrapper.cursor() as cursor:
             cursor.execute("SELECT 1")

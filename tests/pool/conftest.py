@@ -4,12 +4,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from django_dbpool.pool import Pool
+from django_dbpool.pool._housekeeper import Housekeeper
 
 
 @pytest.fixture
 def manual_housekeeping(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No background housekeeping pass: the test calls ``pool._housekeep()`` itself, so
+    """No background housekeeping pass: the test calls ``pool._housekeeper.run_once()`` itself, so
     advancing a fake clock never races with the housekeeping thread."""
-    monkeypatch.setattr(Pool, "_housekeeper_loop", lambda self: None)
+    monkeypatch.setattr(Housekeeper, "run", lambda self: None)
     return

@@ -126,7 +126,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     @rule()
     def housekeep(self) -> None:
-        self.pool._housekeep()
+        self.pool._housekeeper.run_once()
 
     @rule()
     def database_restart(self) -> None:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from django_dbpool.pool import PoolTimeout
-from django_dbpool.pool._maintenance import HEDGE_AFTER_SECONDS, MAX_CONNECTS_IN_FLIGHT
+from django_dbpool.pool._connector import HEDGE_AFTER_SECONDS, MAX_CONNECTS_IN_FLIGHT
 
 from .fakes import closing, make_pool, wait_until, warm
 

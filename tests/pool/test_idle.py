@@ -159,7 +159,7 @@ def test_under_light_load_threads_share_the_most_recently_used_and_the_rest_ages
                 conn = run(pool.acquire)
                 assert conn is theirs
                 run(lambda conn=conn: pool.release(conn))
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert mine.closed
         assert not theirs.closed
         assert pool.stats().closed["idle"] == 1
@@ -184,7 +184,7 @@ def test_surplus_connections_age_out_through_max_idle_down_to_min_size():
             assert conn is c
             clock.advance(10)
             pool.release(conn)
-        pool._housekeep()
+        pool._housekeeper.run_once()
         stats = pool.stats()
         assert stats.closed["idle"] == 2
         assert a.closed
@@ -193,7 +193,7 @@ def test_surplus_connections_age_out_through_max_idle_down_to_min_size():
         assert stats.size == 1
 
         clock.advance(1000)
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert pool.stats().size == 1  # MIN_SIZE is kept even when idle
         assert not c.closed
 
@@ -205,7 +205,7 @@ def test_max_lifetime_retires_idle_connections_and_returned_ones_but_never_held_
         idle, held = warm(pool, 2)
         assert pool.acquire() is held
         clock.advance(101)
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert idle.closed
         assert not held.closed  # checked out: untouched past its lifetime
         pool.release(held)

@@ -25,11 +25,11 @@ def test_a_connection_held_past_leak_timeout_logs_one_warning_with_stack_and_tag
         conn = leaky_view(pool)
         tag[0] = "request 9999"  # captured at acquire, not at warning time
         clock.advance(4)
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert not caplog.records
         clock.advance(2)
-        pool._housekeep()
-        pool._housekeep()
+        pool._housekeeper.run_once()
+        pool._housekeeper.run_once()
         assert len(caplog.records) == 1
         message = caplog.records[0].getMessage()
         assert "held for 6.0 s (LEAK_TIMEOUT=5 s)" in message
@@ -47,7 +47,7 @@ def test_no_leak_warning_when_leak_timeout_is_off(caplog):
     with closing(pool), caplog.at_level(logging.WARNING, logger=LOGGER):
         conn = pool.acquire()
         clock.advance(10_000)
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert not caplog.records
         assert pool.stats().leaks == 0
         pool.release(conn)
@@ -75,7 +75,7 @@ def test_a_connection_whose_thread_exited_is_reclaimed_with_a_warning(caplog):
         conn = run_in_a_thread(orphaning_task, pool, name="celery-worker-7")
         assert pool.stats().idle == 0
 
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert driver.resets == 1  # rolled back
         assert not conn.in_transaction
         stats = pool.stats()
@@ -95,7 +95,7 @@ def test_an_orphan_that_cannot_be_reset_is_closed():
     with closing(pool):
         conn = run_in_a_thread(orphaning_task, pool)
         driver.reset_fails = True
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert conn.closed
         stats = pool.stats()
         assert stats.closed["reset_failed"] == 1
@@ -106,7 +106,7 @@ def test_connections_of_live_threads_are_not_reclaimed():
     pool, _ = make_pool()
     with closing(pool):
         conn = pool.acquire()
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert pool.stats().orphans_reclaimed == 0
         pool.release(conn)
 
@@ -123,7 +123,7 @@ def test_the_context_manager_records_the_with_statement_as_the_place_of_acquisit
         view = view_with_block(pool)
         conn = next(view)
         clock.advance(2)
-        pool._housekeep()
+        pool._housekeeper.run_once()
         (record,) = caplog.records
         assert "in view_with_block" in record.getMessage()
         assert "with pool.connection() as conn:" in record.getMessage()
@@ -143,7 +143,7 @@ def test_a_shared_connection_outlives_its_thread_until_released():
     pool, _ = make_pool()
     with closing(pool):
         conn = run_in_a_thread(sharing_task, pool)
-        pool._housekeep()
+        pool._housekeeper.run_once()
         stats = pool.stats()
         assert stats.orphans_reclaimed == 0
         assert stats.in_use == 1
@@ -151,7 +151,7 @@ def test_a_shared_connection_outlives_its_thread_until_released():
 
         # The mark ends with the checkout: the next holder that exits leaves an orphan.
         assert run_in_a_thread(orphaning_task, pool) is conn
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert pool.stats().orphans_reclaimed == 1
 
 

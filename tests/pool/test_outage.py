@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from django_dbpool.pool import Pool, PoolUnavailable, _maintenance
-from django_dbpool.pool._maintenance import BACKOFF_BASE
+from django_dbpool.pool import Pool, PoolUnavailable, _connector
+from django_dbpool.pool._connector import BACKOFF_BASE
 from django_dbpool.pool.backoff import full_jitter
 
 from .fakes import FakeAdapter, FakeConnectError, FakeDriver, closing, make_pool, wait_until
@@ -120,7 +120,7 @@ def _failing_fast_with_a_long_backoff(
 ) -> tuple[Pool[object], FakeDriver]:
     # Every backoff is a minute: only a caller's half-open probe can make the pool try
     # again within the test.
-    monkeypatch.setattr(_maintenance, "full_jitter", lambda failures, base, cap, uniform: 60.0)
+    monkeypatch.setattr(_connector, "full_jitter", lambda failures, base, cap, uniform: 60.0)
     pool, driver = make_pool(FAIL_FAST_AFTER=1, TIMEOUT=30)
     driver.down = True
     with pytest.raises(PoolUnavailable):
@@ -166,7 +166,7 @@ def test_callers_while_failing_fast_try_at_most_every_half_open_interval(monkeyp
         elapsed = time.monotonic() - start
         # Hundreds of failing callers, and no more attempts than one per interval.
         assert calls > 3 * 10
-        assert elapsed >= 2 * _maintenance.HALF_OPEN_SECONDS
+        assert elapsed >= 2 * _connector.HALF_OPEN_SECONDS
 
 
 def test_a_probe_that_hangs_does_not_hold_up_the_next_one(monkeypatch):

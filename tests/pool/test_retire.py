@@ -94,9 +94,9 @@ def test_min_size_is_not_refilled_while_retiring():
         pool.release(pool.acquire(timeout=10))
         assert wait_until(lambda: pool.stats().size == 2)
         assert pool.retire() == 2
-        pool._housekeep()
+        pool._housekeeper.run_once()
         pool.release(pool.acquire(timeout=10))
-        pool._housekeep()
+        pool._housekeeper.run_once()
         # A refill would come from the connector thread: give it the time to show.
         threading.Event().wait(0.2)
         assert pool.stats().size == 0
@@ -112,7 +112,7 @@ def test_an_orphan_reclaimed_while_retiring_is_closed_with_the_idle_ones():
         pool.release(idle)
         pool.retire()
         assert not idle.closed  # the orphan still counts as checked out
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert [orphan.closed, idle.closed] == [True, True]
         assert driver.open_connections == []
         assert pool.stats().orphans_reclaimed == 1

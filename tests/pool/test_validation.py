@@ -73,7 +73,8 @@ def test_a_dead_connection_makes_every_older_idle_connection_suspect():
         clock.advance(30)
         pool.release(newer)  # newer is the most recently used
         clock.advance(21)
-        pool._housekeep()  # keepalive probes only `older` (idle 51 s): it looks fresh now
+        # Keepalive probes only `older` (idle 51 s): it looks fresh now.
+        pool._housekeeper.run_once()
         assert driver.probes == 1
 
         clock.advance(0.5)
@@ -117,13 +118,13 @@ def test_keepalive_probes_idle_connections_and_replaces_dead_ones():
         a, b = warm(pool, 2)
         a.alive = False
         clock.advance(31)
-        pool._housekeep()
+        pool._housekeeper.run_once()
         assert driver.probes == 2
         assert a.closed
         assert not b.closed
         stats = pool.stats()
         assert stats.validations_failed == 1
-        pool._housekeep()  # b was just probed: not again
+        pool._housekeeper.run_once()  # b was just probed: not again
         assert driver.probes == 2
 
 
