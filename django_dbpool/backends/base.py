@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, cast
 from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
-from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.utils import DatabaseErrorWrapper
 from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
@@ -32,8 +31,8 @@ from django.utils.functional import cached_property
 from .. import lifecycle, registry, tagging  # noqa: F401
 from ..pool import Pool, _fork
 from ..registry import Entry
-from .cursors import TaggingCursorMixin, tagging_cursor_class
-from .leasing import LeasingMixin, lease_cursor_mixin
+from .cursors import CursorsMixin
+from .leasing import LeasingMixin
 from .opening import OpeningMixin
 from .support import VendorSupport
 
@@ -60,14 +59,15 @@ class _PoolErrorWrapper(DatabaseErrorWrapper):
         super().__exit__(exc_type, exc_value, traceback)
 
 
-class PooledWrapperMixin(LeasingMixin, OpeningMixin):
+class PooledWrapperMixin(LeasingMixin, OpeningMixin, CursorsMixin):
     """Pooling for a Django ``DatabaseWrapper``: ``class W(PooledWrapperMixin, Stock)``.
 
     A vendor sets :attr:`dbpool_support` and implements :meth:`make_pool_adapter`,
     :meth:`configure_new_connection` and :meth:`connection_is_dead_error`. Checkout, return
     and Django's connection state are here; transaction leases in
     :class:`~django_dbpool.backends.leasing.LeasingMixin`; the pool and the opening of its
-    connections in :class:`~django_dbpool.backends.opening.OpeningMixin`.
+    connections in :class:`~django_dbpool.backends.opening.OpeningMixin`; the cursors (tagging)
+    in :class:`~django_dbpool.backends.cursors.CursorsMixin`.
     """
 
     #: What the project knows about the product (``backends/<vendor>/support.py``).
@@ -87,8 +87,6 @@ class PooledWrapperMixin(LeasingMixin, OpeningMixin):
     dbpool_private = False
     #: Set when an error on the current connection means the connection itself is dead.
     dbpool_broken = False
-    #: The mixin over Django's cursor wrappers: tagging, plus what the vendor watches for.
-    dbpool_cursor_mixin: type[TaggingCursorMixin] = TaggingCursorMixin
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
         super().__init__(settings_dict, alias)
@@ -274,40 +272,6 @@ class PooledWrapperMixin(LeasingMixin, OpeningMixin):
     @cached_property
     def wrap_database_errors(self) -> DatabaseErrorWrapper:
         return _PoolErrorWrapper(self)
-
-    # -- tagging ------------------------------------------------------------------------------
-
-    def make_cursor(self, cursor: Any) -> CursorWrapper:
-        wrapper = super().make_cursor(cursor)
-        if self._dbpool_transaction:
-            self._dbpool_lease_cursor(wrapper)
-        else:
-            wrapper.__class__ = tagging_cursor_class(type(wrapper), self.dbpool_cursor_mixin)
-        return wrapper
-
-    def make_debug_cursor(self, cursor: Any) -> CursorDebugWrapper:
-        wrapper = super().make_debug_cursor(cursor)
-        if self._dbpool_transaction:
-            self._dbpool_lease_cursor(wrapper)
-        else:
-            cls = tagging_cursor_class(type(wrapper), self.dbpool_cursor_mixin)
-            wrapper.__class__ = cls  # type: ignore[assignment]
-        return wrapper
-
-    def _dbpool_lease_cursor(self, wrapper: CursorWrapper) -> None:
-        # With transaction leases: the cursor counts as open (a pin) until closed.
-        mixin = lease_cursor_mixin(self.dbpool_cursor_mixin)
-        wrapper.__class__ = tagging_cursor_class(type(wrapper), mixin)
-        self._dbpool_cursor_opened(wrapper)
-
-    def dbpool_app_tag(self) -> str:
-        """The process tag of this alias (``application_name``), for query comments;
-        rendered once per process."""
-        generation, text = self._dbpool_app_tag
-        if generation != registry.fork_generation():
-            text = tagging.application_name(self.alias)
-            self._dbpool_app_tag = (registry.fork_generation(), text)
-        return text
 
     # -- vendor hooks ---------------------------------------------------------------------------
 

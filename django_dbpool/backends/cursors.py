@@ -5,18 +5,26 @@ PostgreSQL backend has a debug wrapper of its own, for ``COPY``): one subclass p
 class and mixin, made once. A vendor backend may extend the mixin with what it must watch
 for in statements (MySQL: raw transaction statements). Outside a tag context a statement
 costs one ``ContextVar`` read more than with Django's own wrappers; inside one, the comment
-is rendered and appended (see ``django_dbpool.tagging``).
+is rendered and appended (see ``django_dbpool.tagging``). :class:`CursorsMixin` is the
+wrapper's side: which class each of its cursors gets.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.db.backends.utils import CursorWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
+from .. import registry, tagging
 from ..tagging import PROCESS_TAGS, TAGS, current_tags, with_comment
+from .leasing import lease_cursor_mixin
 
-__all__ = ["TaggingCursorMixin", "tagging_cursor_class"]
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper as _Base
+else:
+    _Base = object
+
+__all__ = ["CursorsMixin", "TaggingCursorMixin", "tagging_cursor_class"]
 
 
 class TaggingCursorMixin:
@@ -59,3 +67,50 @@ def tagging_cursor_class(
         cls = type(name, (mixin, base), {})
         _classes[(base, mixin)] = cls
     return cls
+
+
+class CursorsMixin(_Base):
+    """Part of :class:`~django_dbpool.backends.base.PooledWrapperMixin`: Django's cursor
+    wrappers become tagging cursors (with what the vendor watches for), and with transaction
+    leases cursors that hold their lease until closed."""
+
+    #: The mixin over Django's cursor wrappers: tagging, plus what the vendor watches for.
+    dbpool_cursor_mixin: type[TaggingCursorMixin] = TaggingCursorMixin
+
+    if TYPE_CHECKING:
+        _dbpool_transaction: bool
+        _dbpool_app_tag: tuple[int, str]
+
+        def _dbpool_cursor_opened(self, wrapper: CursorWrapper) -> None: ...
+
+    def make_cursor(self, cursor: Any) -> CursorWrapper:
+        wrapper = super().make_cursor(cursor)
+        if self._dbpool_transaction:
+            self._dbpool_lease_cursor(wrapper)
+        else:
+            wrapper.__class__ = tagging_cursor_class(type(wrapper), self.dbpool_cursor_mixin)
+        return wrapper
+
+    def make_debug_cursor(self, cursor: Any) -> CursorDebugWrapper:
+        wrapper = super().make_debug_cursor(cursor)
+        if self._dbpool_transaction:
+            self._dbpool_lease_cursor(wrapper)
+        else:
+            cls = tagging_cursor_class(type(wrapper), self.dbpool_cursor_mixin)
+            wrapper.__class__ = cls  # type: ignore[assignment]
+        return wrapper
+
+    def _dbpool_lease_cursor(self, wrapper: CursorWrapper) -> None:
+        # With transaction leases: the cursor counts as open (a pin) until closed.
+        mixin = lease_cursor_mixin(self.dbpool_cursor_mixin)
+        wrapper.__class__ = tagging_cursor_class(type(wrapper), mixin)
+        self._dbpool_cursor_opened(wrapper)
+
+    def dbpool_app_tag(self) -> str:
+        """The process tag of this alias (``application_name``), for query comments;
+        rendered once per process."""
+        generation, text = self._dbpool_app_tag
+        if generation != registry.fork_generation():
+            text = tagging.application_name(self.alias)
+            self._dbpool_app_tag = (registry.fork_generation(), text)
+        return text

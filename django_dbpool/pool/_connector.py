@@ -27,7 +27,7 @@ logger = logging.getLogger("django_dbpool.pool")
 C = TypeVar("C")
 
 #: A further connect starts while callers wait and every connect in flight has taken this
-#: long: about 40 times a TLS connect to PostgreSQL on the same host, so a healthy server's
+#: long: many times what a TLS connect to a healthy server on the same network takes, so its
 #: connects stay one at a time, while callers wait at most this long behind one that hangs
 #: (a server or load balancer that accepts and never answers, a PgBouncer waiting on its
 #: own server) instead of until its CONNECT_TIMEOUT.
