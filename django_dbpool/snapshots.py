@@ -26,7 +26,6 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import secrets
 import socket
@@ -41,10 +40,11 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
+from . import snapshot_schema
 from .conf import app_settings
 from .pool import PoolStats
-from .pool.stats import CLOSE_REASONS, COUNTERS, GAUGES, HISTOGRAMS, PIN_REASONS, Histogram
 from .registry import described_pools
+from .snapshot_schema import Invalid
 
 __all__ = [
     "check_stats_dir",
@@ -425,157 +425,21 @@ def _load(directory: int, name: str) -> dict[str, Any]:
         handle = os.open(name, flags, dir_fd=directory)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):  # Linux, BSD: the name is a link
-            raise _Invalid("it is a symbolic link, which is not followed") from None
+            raise Invalid("it is a symbolic link, which is not followed") from None
         raise
     with os.fdopen(handle, "rb") as file:
         if not stat.S_ISREG(os.fstat(handle).st_mode):
-            raise _Invalid("it is not a regular file")
+            raise Invalid("it is not a regular file")
         data = file.read(MAX_DOCUMENT_BYTES + 1)
     if len(data) > MAX_DOCUMENT_BYTES:
-        raise _Invalid(f"it is larger than {MAX_DOCUMENT_BYTES} bytes")
+        raise Invalid(f"it is larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
-        document = json.loads(data, parse_constant=_not_a_number)
+        loaded = json.loads(data, parse_constant=snapshot_schema.not_a_number)
     except RecursionError:
-        raise _Invalid("it is nested too deeply") from None
+        raise Invalid("it is nested too deeply") from None
     except ValueError as exc:
-        raise _Invalid(f"it is not JSON ({exc})") from None
-    return _document(document)
-
-
-class _Invalid(ValueError):
-    """A snapshot file that is not a well-formed document; the message says what is wrong."""
-
-
-def _not_a_number(name: str) -> float:
-    raise _Invalid(f"it holds {name}, which no snapshot has")
-
-
-def _document(value: object) -> dict[str, Any]:
-    # The document rebuilt from the fields checked, and only those: the readers may index it
-    # and add its figures up without checking again. Unknown keys (a newer release's) are
-    # left out rather than refused.
-    if not isinstance(value, dict):
-        raise _Invalid("it is not a JSON object")
-    return _checked(value, _SCHEMA, "")  # type: ignore[no-any-return]
-
-
-def _checked(value: Any, schema: Any, where: str) -> Any:
-    if callable(schema):
-        return schema(value, where)
-    if not isinstance(value, dict):
-        raise _Invalid(f"{where} is {_shown(value)}, not an object")
-    checked = {}
-    for key, inner in schema.items():
-        at = f"{where}.{key}" if where else key
-        if key not in value:
-            raise _Invalid(f"{at} is missing")
-        checked[key] = _checked(value[key], inner, at)
-    return checked
-
-
-def _shown(value: object) -> str:
-    text = repr(value)  # repr: no control character reaches the log
-    return text if len(text) <= 40 else f"{text[:37]}..."
-
-
-def _count_in(minimum: int, maximum: int) -> Callable[[Any, str], int]:
-    def count(value: Any, where: str) -> int:
-        # bool is an int subclass, and never a count.
-        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-            raise _Invalid(
-                f"{where} is {_shown(value)}, not a whole number in [{minimum}, {maximum}]"
-            )
-        return value
-
-    return count
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT:
-        return value
-    if isinstance(value, float) and 0 <= value < math.inf:  # NaN fails every comparison
-        return value
-    raise _Invalid(f"{where} is {_shown(value)}, not a finite number >= 0")
-
-
-def _number_or_none(value: Any, where: str) -> float | None:
-    return None if value is None else _number(value, where)
-
-
-def _flag(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"{where} is {_shown(value)}, not true or false")
-    return value
-
-
-def _text(limit: int) -> Callable[[Any, str], str]:
-    def text(value: Any, where: str) -> str:
-        if not isinstance(value, str) or len(value) > limit:
-            raise _Invalid(f"{where} is {_shown(value)}, not a text of at most {limit} characters")
-        return value
-
-    return text
-
-
-def _options(value: Any, where: str) -> dict[str, float]:
-    if not isinstance(value, dict):
-        raise _Invalid(f"{where} is {_shown(value)}, not an object")
-    return {_text(64)(key, where): _number(n, f"{where}[{key!r}]") for key, n in value.items()}
-
-
-def _histogram(value: Any, where: str) -> dict[str, Any]:
-    histogram: dict[str, Any] = _checked(value, _HISTOGRAM, where)
-    cumulative = list(histogram["buckets"].values())
-    if cumulative != sorted(cumulative) or cumulative[-1] != histogram["count"]:
-        raise _Invalid(f"{where}.buckets are not cumulative counts up to {where}.count")
-    return histogram
-
-
-def _pools(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _Invalid(f"{where} is {_shown(value)}, not an object")
-    return {
-        _text(200)(alias, where): _checked(entry, _POOL, f"{where}[{alias!r}]")
-        for alias, entry in value.items()
-    }
-
-
-_MAX_COUNT = 2**63 - 1
-_count = _count_in(0, _MAX_COUNT)
-_HISTOGRAM = {
-    "count": _count,
-    "sum": _number,
-    "max": _number,
-    # The bucket bounds are fixed, so that processes (and releases) can be summed.
-    "buckets": dict.fromkeys(Histogram().snapshot().as_dict()["buckets"], _count),
-}
-_POOL = {
-    "vendor": _text(64),
-    "lease": _text(64),  # any word: a newer release's mode is shown, not refused
-    "stats": {
-        "name": _text(200),
-        "gauges": {name: _flag if name == "unavailable_now" else _count for name in GAUGES},
-        "counters": {
-            **dict.fromkeys(COUNTERS, _count),
-            "closed": dict.fromkeys(CLOSE_REASONS, _count),
-            "pins": dict.fromkeys(PIN_REASONS, _count),
-        },
-        "histograms": dict.fromkeys(HISTOGRAMS, _histogram),
-    },
-    "checkouts_per_second": _number,
-    "wait_p99_seconds": _number_or_none,
-    "hold_p99_seconds": _number_or_none,
-    "options": _options,
-}
-_SCHEMA = {
-    "pid": _count_in(1, 2**31 - 1),  # os.kill() overflows past a C int
-    "host": _text(255),
-    "process": _text(1000),
-    "started_at": _number,
-    "updated_at": _number,
-    "interval": _number,
-    "pools": _pools,
-}
+        raise Invalid(f"it is not JSON ({exc})") from None
+    return snapshot_schema.document(loaded)
 
 
 def _alive(pid: int) -> bool:
