@@ -61,9 +61,9 @@ _lock = threading.Lock()
 _generation = 1
 
 
-def get(alias: str) -> Entry | None:
-    """The entry of ``alias``, or None. No lock: a dict read (the checkout path)."""
-    return _entries.get(alias)
+#: ``get(alias)``: the entry of ``alias``, or None. The dict's own method, with no lock: the
+#: checkout path reads it (``after_fork_in_child`` keeps the same dict).
+get = _entries.get
 
 
 def install(
