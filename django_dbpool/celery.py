@@ -9,7 +9,7 @@ command's carry ``command='<name>'``; the pool's leak and orphan warnings name t
 Returning connections needs nothing from here: Celery's Django fixup calls ``close()`` on
 every connection before and after each task, which gives a pooled connection back to the
 process's pool (the session stays open for the next task), and the pools of a prefork child
-are drained when it exits (``worker_process_shutdown``, see :mod:`django_dbpool.shutdown`).
+are drained when it exits (``worker_process_shutdown``, see :mod:`django_dbpool.lifecycle`).
 The fixup's read of each wrapper's ``connection`` in a new child does not count as user code
 taking the driver connection (see :mod:`django_dbpool.backends.leasing`).
 """
