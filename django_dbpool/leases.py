@@ -116,7 +116,8 @@ def give_back_connections() -> None:
     from django.db import connections
 
     for wrapper in connections.all(initialized_only=True):
-        if getattr(wrapper, "_dbpool_lease", None) is not None:
+        held = getattr(wrapper, "dbpool_held", None)  # the pooled backends' wrappers
+        if held is not None and held() is not None:
             wrapper.close()
         else:
             wrapper.close_if_unusable_or_obsolete()

@@ -70,10 +70,10 @@ def raw_query(sql: str) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
-def app_sessions(sleeping: bool = False) -> int:
-    """Sessions on the real database other than the one asking; with ``sleeping``, only
-    those running a sleep (the example project's slow report): a request that is in its
-    view, not just connected."""
+def app_sessions_sql(sleeping: bool = False) -> str:
+    """The query that counts the sessions on the real database other than the one asking;
+    with ``sleeping``, only those running a sleep (the example project's slow report): a
+    request that is in its view, not just connected."""
     if settings.DATABASE_VENDOR == "postgresql":
         sql = (
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
@@ -88,7 +88,13 @@ def app_sessions(sleeping: bool = False) -> int:
         )
         if sleeping:
             sql += " AND info LIKE '%SLEEP(%'"
-    return int(raw_query(sql)[0][0])
+    return sql
+
+
+def app_sessions(sleeping: bool = False) -> int:
+    """Sessions on the real database other than the one asking (see
+    :func:`app_sessions_sql`)."""
+    return int(raw_query(app_sessions_sql(sleeping))[0][0])
 
 
 def wait_for_no_app_sessions(limit: float = 30) -> int:
@@ -303,16 +309,7 @@ class SessionSampler:
     def _run(self) -> None:
         from tests.backends.test_pooling import raw_connection
 
-        if settings.DATABASE_VENDOR == "postgresql":
-            sql = (
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid()"
-            )
-        else:
-            sql = (
-                "SELECT COUNT(*) FROM information_schema.processlist"
-                " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
-            )
+        sql = app_sessions_sql()
         try:
             with raw_connection(database="real") as conn:
                 cursor = conn.cursor()

@@ -112,17 +112,7 @@ class Monitor:
 
     def sessions(self) -> int:
         """Sessions open on the real database, other than this one."""
-        if self.postgres:
-            sql = (
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid()"
-            )
-        else:
-            sql = (
-                "SELECT COUNT(*) FROM information_schema.processlist"
-                " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
-            )
-        return int(self._rows(sql)[0][0])
+        return int(self._rows(processes.app_sessions_sql())[0][0])
 
     def sessions_opened(self) -> int:
         """Sessions ever opened: on PostgreSQL, to the real database, as reported by sessions

@@ -84,6 +84,17 @@ def lease_document(
     return document
 
 
+#: The pins by reason that the documents of write_lease_documents() add up to.
+LEASE_DOCUMENTS_PINS = {
+    "transaction": 1,
+    "cursor": 3,
+    "pinned": 0,
+    "raw_connection": 0,
+    "session_sql": 1,
+    "shared": 0,
+}
+
+
 def write_lease_documents(directory: Path) -> None:
     """Three processes: two with transaction leases that were pinned, one with request
     leases that lent nothing yet."""
@@ -167,14 +178,7 @@ def test_poolstats_shows_each_lease_mode_hold_times_and_pins(
     # The merged histogram's cumulative buckets end with every value.
     assert hold["buckets"]["+Inf"] == 3
     assert total["counters"]["pinned"] == 3
-    assert total["counters"]["pins"] == {
-        "transaction": 1,
-        "cursor": 3,
-        "pinned": 0,
-        "raw_connection": 0,
-        "session_sql": 1,
-        "shared": 0,
-    }
+    assert total["counters"]["pins"] == LEASE_DOCUMENTS_PINS
     assert [p["pools"]["default"]["lease"] for p in report["processes"]] == [
         "transaction",
         "transaction",
