@@ -423,7 +423,8 @@ def main(argv: list[str]) -> int:
     out = web.RESULTS / os.environ.get("BENCH_OUT", "leases.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"wrote {out.relative_to(harness.ROOT)}; elapsed {elapsed_s} s")
+    shown = out.relative_to(harness.ROOT) if out.is_relative_to(harness.ROOT) else out
+    print(f"wrote {shown}; elapsed {elapsed_s} s")
     return 0
 
 

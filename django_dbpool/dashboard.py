@@ -36,6 +36,7 @@ SERVER_VIEW_TIMEOUT = 5.0
 GAUGES: tuple[tuple[str, str], ...] = (
     ("in_use", "In use"),
     ("idle", "Idle"),
+    ("parked", "Parked"),
     ("waiting", "Waiting"),
     ("size", "Open"),
 )

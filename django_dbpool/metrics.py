@@ -39,7 +39,9 @@ _previous: dict[tuple[str, str], dict[str, Any]] = {}  # (alias, pid-scoped) -> 
 
 GAUGES = {
     # name: (help, how to read it from a snapshot's gauges)
-    "django_dbpool_connections": "Physical connections of the pool, by state (in_use, idle).",
+    "django_dbpool_connections": (
+        "Physical connections of the pool, by state (in_use, idle, parked)."
+    ),
     "django_dbpool_max_connections": "MAX_SIZE of the pool: the bound on its connections.",
     "django_dbpool_waiting_callers": "Callers waiting for a connection.",
     "django_dbpool_processes": "Processes on this host with a pool for the alias.",
@@ -162,6 +164,7 @@ class PoolCollector:
             gauges = data["gauges"]
             connections.add_metric([*labels, "in_use"], gauges["in_use"])
             connections.add_metric([*labels, "idle"], gauges["idle"])
+            connections.add_metric([*labels, "parked"], gauges.get("parked", 0))
             maximum.add_metric(labels, gauges["max_size"])
             waiting.add_metric(labels, gauges["waiting"])
             processes.add_metric(labels, data["processes"])
@@ -250,6 +253,7 @@ def update_multiprocess(alias: str, vendor: str, stats: Mapping[str, Any], lease
     gauges, counters = stats["gauges"], stats["counters"]
     metrics["django_dbpool_connections"].labels(alias, vendor, "in_use").set(gauges["in_use"])
     metrics["django_dbpool_connections"].labels(alias, vendor, "idle").set(gauges["idle"])
+    metrics["django_dbpool_connections"].labels(alias, vendor, "parked").set(gauges["parked"])
     metrics["django_dbpool_max_connections"].labels(alias, vendor).set(gauges["max_size"])
     metrics["django_dbpool_waiting_callers"].labels(alias, vendor).set(gauges["waiting"])
     metrics["django_dbpool_processes"].labels(alias, vendor).set(1)

@@ -42,6 +42,10 @@ def _checked(value: Any, schema: Any, where: str) -> Any:
     for key, inner in schema.items():
         at = f"{where}.{key}" if where else key
         if key not in value:
+            if key in _ADDED:
+                # Written by a process of an earlier release (a deploy in progress).
+                checked[key] = _ADDED[key]
+                continue
             raise Invalid(f"{at} is missing")
         checked[key] = _checked(value[key], inner, at)
     return checked
@@ -114,6 +118,8 @@ def _pools(value: Any, where: str) -> dict[str, Any]:
     }
 
 
+#: Keys a document of an earlier release lacks, and the value read in their place.
+_ADDED = {"parked": 0}
 _MAX_COUNT = 2**63 - 1
 _count = _count_in(0, _MAX_COUNT)
 _HISTOGRAM = {

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from django_dbpool import metrics, snapshots
 from tests.conftest import wsgi_get
-from tests.test_poolstats import write_lease_documents
+from tests.test_poolstats import LEASE_DOCUMENTS_HOLDS, write_lease_documents
 from tests.test_stats_dir import snapshot_document, write
 
 
@@ -148,13 +148,18 @@ def test_lease_series_sum_every_process(tmp_path: Path, settings: Any) -> None:
         'django_dbpool_lease_pins_total{alias="default",reason="transaction",vendor="postgresql"}'
         " 1.0",
     ]
-    # The hold times of the three processes, in the existing histogram: 0.125, 0.375, 0.5 s.
+    # The hold times of the three processes, in the existing histogram: 0.125, 0.375, 0.5 s,
+    # and three parked leases of PARKED_HOLD.
     labels = {"alias": "default", "vendor": "postgresql"}
-    assert sample("django_dbpool_hold_seconds_count", **labels) == 3
-    assert sample("django_dbpool_hold_seconds_sum", **labels) == 1.0
-    assert sample("django_dbpool_hold_seconds_bucket", le="0.25", **labels) == 1
-    assert sample("django_dbpool_hold_seconds_bucket", le="0.5", **labels) == 3
-    assert sample("django_dbpool_checkouts_total", **labels) == 3
+    holds = LEASE_DOCUMENTS_HOLDS
+    assert sample("django_dbpool_hold_seconds_count", **labels) == len(holds)
+    assert sample("django_dbpool_hold_seconds_sum", **labels) == sum(holds)
+    assert sample("django_dbpool_hold_seconds_bucket", le="0.25", **labels) == sum(
+        hold <= 0.25 for hold in holds
+    )
+    assert sample("django_dbpool_hold_seconds_bucket", le="0.5", **labels) == len(holds)
+    assert sample("django_dbpool_checkouts_total", **labels) == len(holds)
+    assert sample("django_dbpool_connections", state="parked", **labels) == 3
 
 
 def test_multiprocess_mode_adds_what_each_publication_added(

@@ -56,15 +56,21 @@ def metric_samples(text: str) -> dict[str, float]:
     return samples
 
 
+#: How long the leases of lease_document's parked connections were held.
+PARKED_HOLD = 0.25
+
+
 def lease_document(
     pid: int,
     lease: str,
     holds: Sequence[float],
     pins: Sequence[tuple[str, bool]] = (),
     rate: float = 0.0,
+    parked: int = 0,
 ) -> dict[str, Any]:
     """A snapshot of a process on another host whose ``default`` pool lent a connection for
-    each of ``holds`` seconds (on a fake clock) and counted ``pins`` ((reason, first) each)."""
+    each of ``holds`` seconds (on a fake clock), counted ``pins`` ((reason, first) each) and
+    has ``parked`` connections parked."""
     clock = FakeClock()
     pool, _ = make_pool(clock=clock, MAX_SIZE=4)
     with closing(pool):
@@ -73,6 +79,11 @@ def lease_document(
                 clock.advance(seconds)
         for reason, first in pins:
             pool.count_pin(reason, first=first)
+        # Parked leases are leases too: each held for PARKED_HOLD seconds.
+        conns = [pool.acquire() for _ in range(parked)]
+        clock.advance(PARKED_HOLD)
+        for conn in conns:
+            pool.park(conn)
         stats = pool.stats()
     document = snapshot_document(pid)
     document["pools"]["default"].update(
@@ -84,6 +95,8 @@ def lease_document(
     return document
 
 
+#: Every lease of the documents of write_lease_documents(), parked ones included.
+LEASE_DOCUMENTS_HOLDS = (0.125, 0.375, 0.5, *(PARKED_HOLD,) * 3)
 #: The pins by reason that the documents of write_lease_documents() add up to.
 LEASE_DOCUMENTS_PINS = {
     "transaction": 1,
@@ -100,9 +113,9 @@ def write_lease_documents(directory: Path) -> None:
     leases that lent nothing yet."""
     directory.mkdir(mode=0o700)
     pins_a = [("transaction", True), ("cursor", False), ("cursor", True)]
-    write(directory, lease_document(424242, "transaction", [0.125, 0.375], pins_a, rate=2.5))
+    write(directory, lease_document(424242, "transaction", [0.125, 0.375], pins_a, 2.5, 1))
     pins_b = [("cursor", True), ("session_sql", False)]
-    write(directory, lease_document(434343, "transaction", [0.5], pins_b, rate=1.5))
+    write(directory, lease_document(434343, "transaction", [0.5], pins_b, 1.5, 2))
     write(directory, lease_document(444444, "request", []))
 
 
@@ -157,13 +170,13 @@ def test_poolstats_shows_each_lease_mode_hold_times_and_pins(
     lines = out.getvalue().splitlines()
     start = lines.index("Leases per process, and totals per alias")
     assert lines[start + 1 :] == [
-        "     pid     alias       lease leases/s hold mean hold p99 pinned  pins",
-        "  424242   default transaction      2.5   250.0ms  375.0ms      2"
+        "     pid     alias       lease parked leases/s hold mean hold p99 pinned  pins",
+        "  424242   default transaction      1      2.5   250.0ms  375.0ms      2"
         "  transaction 1, cursor 2",
-        "  434343   default transaction      1.5   500.0ms  500.0ms      1"
+        "  434343   default transaction      2      1.5   333.3ms  500.0ms      1"
         "  cursor 1, session_sql 1",
-        "  444444   default     request      0.0         -        -      0  -",
-        "  3 proc   default       mixed      4.0   333.3ms               3"
+        "  444444   default     request      0      0.0         -        -      0  -",
+        "  3 proc   default       mixed      3      4.0   291.7ms               3"
         "  transaction 1, cursor 3, session_sql 1",
     ]
 
@@ -174,9 +187,9 @@ def test_poolstats_shows_each_lease_mode_hold_times_and_pins(
     assert total["lease"] == "mixed"
     assert total["leases"] == {"transaction": 2, "request": 1}
     hold = total["histograms"]["hold_seconds"]
-    assert (hold["count"], hold["sum"]) == (3, 1.0)
+    assert (hold["count"], hold["sum"]) == (len(LEASE_DOCUMENTS_HOLDS), sum(LEASE_DOCUMENTS_HOLDS))
     # The merged histogram's cumulative buckets end with every value.
-    assert hold["buckets"]["+Inf"] == 3
+    assert hold["buckets"]["+Inf"] == len(LEASE_DOCUMENTS_HOLDS)
     assert total["counters"]["pinned"] == 3
     assert total["counters"]["pins"] == LEASE_DOCUMENTS_PINS
     assert [p["pools"]["default"]["lease"] for p in report["processes"]] == [

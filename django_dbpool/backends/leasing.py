@@ -17,10 +17,13 @@ user code that took the driver's connection (``connection.connection``; sticky u
 a wrapper shared between threads.
 
 The wrapper stays logically connected between leases ("parked"): Django's state
-(``queries_log``, ``errors_occurred``, ``run_on_commit``, ...) is the wrapper's, and the next
-lease is one ``Pool.acquire()``, which gives the thread back the connection it used last
-when that one is idle. ``connect()``, and with it ``connection_created``, runs once per
-logical connection: at the first statement after ``close()``.
+(``queries_log``, ``errors_occurred``, ``run_on_commit``, ...) is the wrapper's. Its
+connection is parked too (``Pool.park()``): the next lease takes it back with
+``Pool.unpark()`` unless another caller needed it meanwhile, and is otherwise one
+``Pool.acquire()``, which gives the thread back the connection it used last when that one
+is idle. ``close()`` gives a parked connection back for good (``Pool.end_park()``).
+``connect()``, and with it ``connection_created``, runs once per logical connection: at the
+first statement after ``close()``.
 """
 
 from __future__ import annotations
@@ -225,6 +228,8 @@ class LeasingMixin(_Base):
     _dbpool_session_sql = "pin"
     #: The connection given back at the last release point, and when (time.monotonic()).
     _dbpool_last: tuple[Any, float] = (None, 0.0)
+    #: The pool the connection of _dbpool_last is parked in (see Pool.park), or None.
+    _dbpool_park_pool: Pool[Any] | None = None
 
     # -- the driver connection ----------------------------------------------------------------
 
@@ -266,6 +271,10 @@ class LeasingMixin(_Base):
 
     def _dbpool_stop_leasing(self) -> None:
         # The logical connection ended (close(), or lost inside atomic()).
+        pool = self._dbpool_park_pool
+        if pool is not None:
+            self._dbpool_park_pool = None
+            pool.end_park(self._dbpool_last[0])
         self._dbpool_last = (None, 0.0)
         self._dbpool_transaction = False
         self._dbpool_parked = False
@@ -284,14 +293,31 @@ class LeasingMixin(_Base):
             super().ensure_connection()
 
     def _dbpool_lease_again(self) -> None:
-        # A new lease for a parked logical connection: a checkout, nothing of connect().
-        # _dbpool_pool() replaces a pool closed or reconfigured meanwhile. The connection
-        # given back less than RECHECK_AFTER ago is not checked for a server-side close
-        # again (a getsockopt() call, a good part of a lease's cost): a statement on it finds
-        # out, as one would a moment later.
+        # A new lease for a parked logical connection: the connection given back at the
+        # release point if it is still parked (Pool.unpark), else a checkout; nothing of
+        # connect(). _dbpool_pool() replaces a pool closed or reconfigured meanwhile. The
+        # connection given back less than RECHECK_AFTER ago is not checked for a server-side
+        # close again (a getsockopt() call, a good part of a lease's cost): a statement on it
+        # finds out, as one would a moment later.
         last, released_at = self._dbpool_last
         recent = last if time.monotonic() - released_at < RECHECK_AFTER else None
-        self._dbpool_conn = self._dbpool_checkout(self._dbpool_pool(), recent)
+        pool, self._dbpool_park_pool = self._dbpool_park_pool, None
+        if pool is not None and pool.unpark(last):
+            if recent is None and last.dbpool_closed_by_server():
+                pool.release(last, broken=True)
+            else:
+                self._dbpool_resume(pool, last)
+                return
+        self._dbpool_resume(self._dbpool_pool(), None, recent)
+
+    def _dbpool_resume(self, pool: Pool[Any], connection: Any, recent: Any = None) -> None:
+        # connection: taken back from park; None: check one out of pool.
+        if connection is None:
+            connection = self._dbpool_checkout(pool, recent)
+        else:
+            self._dbpool_lease = pool
+            self.dbpool_broken = False
+        self._dbpool_conn = connection
         self._dbpool_parked = False
         self._dbpool_lease_thread = threading.get_ident()
         self._dbpool_pins_counted = 0
@@ -373,9 +399,13 @@ class LeasingMixin(_Base):
         connection, self._dbpool_conn = self._dbpool_conn, None
         self._dbpool_lease = None
         self._dbpool_parked = True
-        broken = self.dbpool_broken
-        self._dbpool_last = (None if broken else connection, time.monotonic())
-        pool.release(connection, broken=broken)
+        if self.dbpool_broken:
+            self._dbpool_last = (None, 0.0)
+            pool.release(connection, broken=True)
+            return
+        self._dbpool_last = (connection, time.monotonic())
+        self._dbpool_park_pool = pool
+        pool.park(connection)
 
     # -- pins -------------------------------------------------------------------------------------
 

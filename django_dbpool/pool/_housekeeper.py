@@ -8,6 +8,7 @@ it.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -18,6 +19,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_dbpool.pool")
 
+#: Seconds after a connection was parked while callers waited before the housekeeper hands
+#: whatever is still parked to them (see Pool.park): the longest a waiter waits for a
+#: connection whose holder went on to wait on something else while nothing else ran in the
+#: process. At most one wake-up of the housekeeper per RECALL_AFTER, however many
+#: statements park meanwhile.
+RECALL_AFTER = 0.005
+
 C = TypeVar("C")
 
 
@@ -26,6 +34,7 @@ class Housekeeper(Generic[C]):
 
     def __init__(self, pool: PoolState[C]) -> None:
         self.pool = pool
+        self.tick = 1.0
 
     def run(self) -> None:
         pool = self.pool
@@ -38,18 +47,36 @@ class Housekeeper(Generic[C]):
         opts = pool.options
         periods = [opts.keepalive, opts.max_idle, opts.max_lifetime, opts.leak_timeout]
         # Orphans are looked for every second; more often when an option needs it.
-        tick = max(min([1.0, *(p / 4 for p in periods if p > 0)]), 0.01)
+        tick = self.tick = max(min([1.0, *(p / 4 for p in periods if p > 0)]), 0.01)
         wake = pool._housekeeper_wake
         while True:
             with pool._lock:
-                if not pool._closed:
-                    wake.wait(tick)
+                due = time.monotonic() + tick
+                while not pool._closed:
+                    if pool._recall_due:
+                        self._recall_locked()
+                        continue
+                    left = due - time.monotonic()
+                    if left <= 0:
+                        break
+                    wake.wait(left)
                 if pool._closed:
                     return
             try:
                 self.run_once()
             except Exception:
                 logger.exception("pool %r: housekeeping failed", pool.name)
+
+    def _recall_locked(self) -> None:
+        # Lock held. A connection was parked while callers waited (see Pool.park): after
+        # RECALL_AFTER, whatever is still parked goes to them. Its holder has not needed it
+        # since, whatever it is doing; one that went on at once took its connection back
+        # long before, and nobody was woken for it.
+        pool = self.pool
+        pool._housekeeper_wake.wait(RECALL_AFTER)  # woken early only by close()
+        pool._recall_due = False
+        if not pool._closed and pool._waiters and pool._parked:
+            pool._serve_parked_locked(pool._clock())
 
     def run_once(self) -> None:
         pool = self.pool
@@ -80,6 +107,16 @@ class Housekeeper(Generic[C]):
                     if opts.keepalive and now - slot.last_ok >= opts.keepalive:
                         to_probe.append(slot)
             pool._idle = keep
+            # Parked connections: to callers waiting (see Pool.park); parked for a whole tick,
+            # the holder is not coming back soon (or its thread has exited): idle again, under
+            # the idle connections' rules.
+            if pool._waiters and pool._parked:
+                pool._serve_parked_locked(now)
+            for key, slot in list(pool._parked.items()):
+                if now - slot.last_used >= self.tick:
+                    del pool._parked[key]
+                    if not pool._put_locked(slot, now):
+                        retired.append(slot)
             for key, slot in list(pool._out.items()):
                 holder = slot.holder
                 assert holder is not None
@@ -98,7 +135,7 @@ class Housekeeper(Generic[C]):
             if pool._retiring and not pool._out and not pool._waiters:
                 # Retiring, and the last connection out did not come back through release()
                 # (its thread exited: reclaimed below, and closed then): nothing stays idle.
-                retired = pool._take_idle_locked()
+                retired += pool._take_idle_locked()
             pool._wake_connector_locked()
         for slot in retired:
             pool._close_slot(slot, "shutdown")

@@ -77,6 +77,10 @@ class PoolState(Generic[C]):
         self._random = random.Random()  # not shared with a parent process
         self._idle: deque[Slot[C]] = deque()  # right end = most recently used
         self._out: dict[int, Slot[C]] = {}  # id(conn) -> slot, for checked-out connections
+        # id(conn) -> slot, for connections parked by their holder (see Pool.park), oldest first
+        self._parked: dict[int, Slot[C]] = {}
+        # A park while callers waited has asked the housekeeper to recall (see Pool.park).
+        self._recall_due = False
         self._all: set[Slot[C]] = set()  # every open connection, for the fork hand-over
         self._waiters: deque[Waiter[C]] = deque()
         # Per thread: when it last found no idle connection of its own (see _pick_idle_locked).
@@ -170,10 +174,31 @@ class PoolState(Generic[C]):
         idle.insert(i, slot)
         return True
 
+    def _recall_locked(self) -> Slot[C]:
+        # Takes the connection parked longest from its holder (there is one).
+        key = next(iter(self._parked))
+        return self._parked.pop(key)
+
+    def _serve_parked_locked(self, now: float) -> None:
+        # Callers wait and connections are parked by threads other than the running one
+        # (whose own is not parked at this point): oldest parked to oldest waiter, while both
+        # last (see Pool.park). One that needs a probe goes idle for the waiter to take.
+        parked, waiters = self._parked, self._waiters
+        while parked and waiters:
+            slot = self._recall_locked()
+            if now >= slot.expires or not slot.fresh(now, self._validate_after):
+                slot.last_used = now
+                self._idle.append(slot)
+                waiters[0].wake()
+                return
+            self._serve_oldest_locked(slot, now)
+
     def _take_idle_locked(self) -> list[Slot[C]]:
-        # Empties the idle list; the caller closes what it returns, off the lock.
-        idle = list(self._idle)
+        # Empties the idle list and the parked connections; the caller closes what it
+        # returns, off the lock.
+        idle = [*self._idle, *self._parked.values()]
         self._idle.clear()
+        self._parked.clear()
         return idle
 
     def _mark_suspects_locked(self, created: float) -> None:
@@ -240,7 +265,7 @@ class PoolState(Generic[C]):
     def _timeout_error(self, waited: float) -> PoolTimeout:
         msg = (
             f"pool {self.name!r}: no connection available after waiting {waited:g} s "
-            f"(size {self._size}, in use {self._size - len(self._idle)}, "
+            f"(size {self._size}, in use {self._size - len(self._idle) - len(self._parked)}, "
             f"waiting {len(self._waiters)}, max {self.options.max_size}). Raise MAX_SIZE (or "
             "TIMEOUT), look for connections held too long or never returned (set "
             "LEAK_TIMEOUT to log them), or check that the database accepts connections."

@@ -99,7 +99,8 @@ class Pool(PoolState[C]):
         caller = _getframe(stacklevel)
         now = self._clock()
         # Always-on holder record, kept cheap: the thread, and the caller's code and
-        # bytecode offset (its line number is computed only if a warning needs it).
+        # bytecode offset (its line number is computed only if a warning needs it). As
+        # _holder(), written out: this is the hot path.
         if self._bare_holder:
             holder: Holder = (
                 threading.current_thread(),
@@ -160,6 +161,8 @@ class Pool(PoolState[C]):
         now = self._clock()
         retired: Sequence[Slot[C]] = ()
         with self._lock:
+            if self._parked and self._waiters:
+                self._serve_parked_locked(now)
             slot = self._out.pop(id(conn), None)
             if slot is not None:
                 # Histogram.observe inlined: this is the hot path.
@@ -207,6 +210,107 @@ class Pool(PoolState[C]):
         for other in retired:
             self._close_slot(other, "shutdown")
         self._close_slot(slot, reason)
+
+    def park(self, conn: C) -> None:
+        """End the lease of a checked-out connection but keep the connection aside for the
+        caller: :meth:`unpark` takes it back, with no checkout, if it is still parked then.
+
+        For callers that give their connection back between statements and usually want it
+        again moments later (transaction-scoped leases). A parked connection serves others
+        as soon as its holder is not running:
+
+        - a caller that finds no idle connection takes a parked one (the oldest) rather than
+          wait or open another;
+        - while callers wait, any thread's acquire, release, park or unpark hands the
+          connections parked by *other* threads to the oldest waiters. Under the GIL a thread
+          runs pool code only while the holders of those connections are not running: they
+          wait on something else (a sleep, an ``await``, a socket), so the connection is
+          theirs for nothing. The holder that goes on with its next statement at once takes
+          its connection back without anyone waking up;
+        - a park while callers wait also has the housekeeper hand them, after
+          ``RECALL_AFTER`` (5 ms), whatever is parked then: the bound on a waiter's wait
+          when the holders wait on something else and nothing else runs;
+        - the housekeeper makes a connection parked for a whole tick idle again.
+
+        A connection that needs a reset or has reached its lifetime, or a pool that is closed
+        or retiring, releases instead. Raises as :meth:`release` for a connection not checked
+        out here.
+        """
+        try:
+            needs_reset = self._adapter.needs_reset(conn)
+        except Exception:
+            needs_reset = True
+        if not needs_reset:
+            now = self._clock()
+            with self._lock:
+                slot = self._out.get(id(conn))
+                if (
+                    slot is not None
+                    and now < slot.expires
+                    and not self._closed
+                    and not self._retiring
+                ):
+                    del self._out[id(conn)]
+                    # Histogram.observe inlined, as in release().
+                    held = now - slot.acquired_at
+                    hist = self._hold_hist
+                    hist.counts[bisect_left(BUCKETS_SECONDS, held)] += 1
+                    hist.sum += held
+                    if held > hist.max:
+                        hist.max = held
+                    slot.last_used = slot.last_ok = now
+                    if self._waiters:
+                        if self._parked:
+                            self._serve_parked_locked(now)
+                        if not self._recall_due:
+                            self._recall_due = True
+                            self._housekeeper_wake.notify()
+                    self._parked[id(conn)] = slot
+                    return
+        self.release(conn)
+
+    def unpark(self, conn: C, *, stacklevel: int = 1) -> bool:
+        """Take back a connection the calling thread parked (see :meth:`park`): True if it is
+        checked out to the caller again, a lease of its own (holder, place and
+        ``holder_info`` as :meth:`acquire` records them); False if it went to another caller
+        meanwhile (or was closed, or reached its lifetime): then :meth:`acquire` as usual."""
+        caller = _getframe(stacklevel)
+        now = self._clock()
+        holder = self._holder(caller)
+        with self._lock:
+            parked = self._parked
+            slot = parked.pop(id(conn), None)
+            if slot is None:
+                return False
+            last = slot.holder
+            if slot.conn is not conn or last is None or last[0] is not holder[0]:
+                parked[id(conn)] = slot
+                return False
+            if now < slot.expires:
+                if self._waiters and parked:
+                    self._serve_parked_locked(now)
+                slot.holder = holder
+                slot.acquired_at = now
+                slot.leak_warned = False
+                self._out[id(conn)] = slot
+                self._acquired += 1
+                return True
+        self._close_slot(slot, "lifetime")
+        return False
+
+    def end_park(self, conn: C) -> None:
+        """Give back for good a connection :meth:`park` kept, if it is still parked: the
+        caller's lease is over (the end of a request)."""
+        with self._lock:
+            slot = self._parked.pop(id(conn), None)
+            if slot is None:
+                return
+            if slot.conn is not conn:
+                self._parked[id(conn)] = slot
+                return
+            if self._put_locked(slot, self._clock()):
+                return
+        self._close_slot(slot, "shutdown")
 
     def probe(self, conn: C) -> None:
         """Check a connection checked out from this pool with a round trip (the adapter's
@@ -280,8 +384,7 @@ class Pool(PoolState[C]):
             for waiter in waiters:
                 waiter.error = PoolClosed(f"pool {self.name!r} was closed while waiting")
                 waiter.wake()
-            idle = list(self._idle)
-            self._idle.clear()
+            idle = self._take_idle_locked()
             self._connector_wake.notify_all()
             self._housekeeper_wake.notify_all()
             self._drained.notify_all()
@@ -406,11 +509,13 @@ class Pool(PoolState[C]):
         """A consistent, immutable snapshot of the gauges, counters and histograms."""
         with self._lock:
             idle = len(self._idle)
+            parked = len(self._parked)
             return PoolStats(
                 name=self.name,
                 size=self._size,
                 idle=idle,
-                in_use=self._size - idle,
+                in_use=self._size - idle - parked,
+                parked=parked,
                 waiting=len(self._waiters),
                 opening=self._opening,
                 min_size=self.options.min_size,
@@ -521,6 +626,12 @@ class Pool(PoolState[C]):
         del idle[stale]
         return slot
 
+    def _holder(self, caller: FrameType) -> Holder:
+        # The holder record of a checkout by ``caller`` (see acquire()).
+        if self._bare_holder:
+            return (threading.current_thread(), caller.f_code, caller.f_lasti, None, None)
+        return self._full_holder(caller)
+
     def _full_holder(self, caller: FrameType) -> Holder:
         return (
             threading.current_thread(),
@@ -560,6 +671,18 @@ class Pool(PoolState[C]):
                         self._register(slot, holder, now, start)
                         return slot.conn
                     continue
+                if self._parked:
+                    # No idle connection: a parked one whose holder is not running (see
+                    # park()), after the callers already waiting.
+                    now = self._clock()
+                    if self._waiters:
+                        self._serve_parked_locked(now)
+                    if self._parked:
+                        slot = self._recall_locked()
+                        if slot.fresh(now, self._validate_after):
+                            self._register(slot, holder, now, start)
+                            return slot.conn
+                        continue
                 if self._unavailable:
                     self._unavailable_count += 1
                     self._connector.request_probe_locked()

@@ -139,6 +139,7 @@ GAUGES: tuple[str, ...] = (
     "size",
     "idle",
     "in_use",
+    "parked",
     "waiting",
     "opening",
     "min_size",
@@ -177,7 +178,12 @@ class PoolStats:
     idle: int
     """Connections ready to be handed out."""
     in_use: int
-    """Open connections not idle: checked out, or being probed, reset or closed by the pool."""
+    """Open connections neither idle nor parked: checked out, or being probed, reset or closed
+    by the pool."""
+    parked: int
+    """Connections between two leases of one holder (transaction leases, see ``Pool.park``):
+    the holder's next statement takes its own back, and callers with no idle connection take
+    them."""
     waiting: int
     """Callers queued for a connection."""
     opening: int

@@ -638,3 +638,22 @@ def test_a_session_the_server_ended_between_leases_is_replaced(
     second = session_id()  # no error: the next lease got a live connection
     assert second != first
     assert in_use() == 0
+
+
+def test_after_a_settings_change_the_next_lease_does_not_resume_a_parked_session(
+    settings: Any,
+) -> None:
+    wrapper = connections[ALIAS]
+    if wrapper.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: Django sets the session time zone there")
+    with wrapper.cursor() as cursor:
+        cursor.execute("SHOW TIME ZONE")
+        assert cursor.fetchone()[0] == "UTC"
+    assert wrapper.pool.stats().parked == 1
+    # A session time zone of its own from now on: Django closes the pool (ensure_timezone),
+    # and with it the connection parked a moment ago, which was set up for UTC.
+    settings.USE_TZ = False
+    settings.TIME_ZONE = "Asia/Tokyo"
+    with wrapper.cursor() as cursor:
+        cursor.execute("SHOW TIME ZONE")
+        assert cursor.fetchone()[0] == "Asia/Tokyo"

@@ -25,12 +25,13 @@ COLUMNS = (
     ("wait p99", 9),
     ("leaks", 6),
 )
-# The leases: LEASE, leases (checkouts) per second, how long they lasted and how many were
-# pinned; the pins by reason follow, unpadded.
+# The leases: LEASE, connections parked between two leases now, leases (checkouts) per
+# second, how long they lasted and how many were pinned; the pins by reason follow, unpadded.
 LEASE_COLUMNS = (
     ("pid", 8),
     ("alias", 10),
     ("lease", 12),
+    ("parked", 7),
     ("leases/s", 9),
     ("hold mean", 10),
     ("hold p99", 9),
@@ -182,6 +183,7 @@ def _lease_rows(report: dict[str, Any]) -> list[str]:
                 process["pid"],
                 alias,
                 entry["lease"],
+                entry["stats"]["gauges"].get("parked", 0),
                 f"{entry['checkouts_per_second']:.1f}",
                 _milliseconds(_mean(entry["stats"]["histograms"]["hold_seconds"])),
                 _milliseconds(entry["hold_p99_seconds"]),
@@ -193,6 +195,7 @@ def _lease_rows(report: dict[str, Any]) -> list[str]:
             f"{total['processes']} proc",
             alias,
             total["lease"],
+            total["gauges"].get("parked", 0),
             f"{total['checkouts_per_second']:.1f}",
             _milliseconds(_mean(total["histograms"]["hold_seconds"])),
             "",

@@ -1,0 +1,258 @@
+"""Pool.park(): a lease ends, the connection waits for its holder's next statement, and
+serves anyone else as soon as that holder is not using it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from django_dbpool.pool._housekeeper import Housekeeper
+
+from .fakes import FakeClock, FakeConnection, closing, make_pool, wait_until
+
+
+class Holder:
+    """A thread that acquires a connection, parks it, then waits on something else (a sleep,
+    an ``await``) until told to take it back: ``unparked`` says whether it could."""
+
+    def __init__(self, pool, *, wait: bool = True) -> None:
+        self.pool = pool
+        self.conn: FakeConnection | None = None
+        self.unparked: bool | None = None
+        self.parked = threading.Event()
+        self.go_on = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        if wait:
+            assert self.parked.wait(30)
+
+    def _run(self) -> None:
+        self.conn = self.pool.acquire(timeout=10)
+        self.pool.park(self.conn)
+        self.parked.set()
+        self.go_on.wait(30)
+        self.unparked = self.pool.unpark(self.conn)
+        if self.unparked:
+            self.pool.release(self.conn)
+
+    def finish(self) -> bool | None:
+        self.go_on.set()
+        self.thread.join(30)
+        return self.unparked
+
+
+class Waiter:
+    """A thread that waits for a connection and keeps it until told to give it back."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.conn: FakeConnection | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.conn = self.pool.acquire(timeout=30)
+        self.done.wait(30)
+        self.pool.release(self.conn)
+
+    def finish(self) -> None:
+        self.done.set()
+        self.thread.join(30)
+
+
+def waiting(pool, n: int = 1) -> Callable[[], bool]:
+    return lambda: pool.stats().waiting == n
+
+
+def test_a_parked_connection_comes_back_to_its_holder_as_a_lease_of_its_own():
+    clock = FakeClock()
+    pool, _ = make_pool(clock=clock, MAX_SIZE=2)
+    with closing(pool):
+        conn = pool.acquire(timeout=10)
+        clock.advance(0.5)
+        pool.park(conn)
+        stats = pool.stats()
+        assert (stats.parked, stats.in_use, stats.idle) == (1, 0, 0)
+        assert (stats.acquired, stats.hold_seconds.count, stats.hold_seconds.sum) == (1, 1, 0.5)
+
+        assert pool.unpark(conn)
+        stats = pool.stats()
+        assert (stats.parked, stats.in_use, stats.acquired) == (0, 1, 2)
+        pool.release(conn)
+        assert pool.stats().idle == 1
+        assert pool.stats().hold_seconds.count == 2
+        assert pool.stats().opened == 1
+
+
+def test_only_the_thread_that_parked_a_connection_takes_it_back():
+    pool, _ = make_pool(MAX_SIZE=2)
+    with closing(pool):
+        conn = pool.acquire(timeout=10)
+        pool.park(conn)
+        elsewhere: list[bool] = []
+        thread = threading.Thread(target=lambda: elsewhere.append(pool.unpark(conn)))
+        thread.start()
+        thread.join(30)
+        assert elsewhere == [False]
+        assert pool.unpark(conn)
+        pool.release(conn)
+
+
+def test_a_caller_that_finds_no_idle_connection_takes_a_parked_one():
+    pool, _ = make_pool(MAX_SIZE=1)
+    with closing(pool):
+        holder = Holder(pool)
+        conn = pool.acquire(timeout=10)  # no idle one, no waiting, no new connection
+        assert conn is holder.conn
+        assert pool.stats().parked == 0
+        pool.release(conn)
+        assert holder.finish() is False  # it acquires as usual then
+        assert pool.stats().opened == 1
+
+
+def test_callers_already_waiting_get_parked_connections_from_the_next_thread_that_runs(
+    manual_housekeeping: None,
+) -> None:
+    pool, _ = make_pool(MAX_SIZE=2)
+    with closing(pool):
+        mine = pool.acquire(timeout=10)
+        holder = Holder(pool)  # parks the pool's other connection, then waits elsewhere
+        first = Waiter(pool)
+        # Arrived when nothing was idle or parked... but one was parked: it took it.
+        assert wait_until(lambda: first.conn is holder.conn)
+        holder.finish()
+
+        holder = Holder(pool, wait=False)  # waits until first gives its connection back
+        assert wait_until(waiting(pool))
+        second = Waiter(pool)
+        assert wait_until(waiting(pool, 2))
+        first.finish()
+        assert holder.parked.wait(30)
+        # second was already waiting when holder parked, and nothing has run since.
+        assert waiting(pool)()
+        assert second.conn is None
+        # This thread's own park hands the other thread's parked connection over; its own
+        # stays for it.
+        pool.park(mine)
+        assert wait_until(lambda: second.conn is holder.conn)
+        assert pool.unpark(mine)
+        assert holder.finish() is False
+        second.finish()
+        pool.release(mine)
+
+
+def test_a_holder_that_goes_on_at_once_keeps_its_connection_and_wakes_nobody(
+    manual_housekeeping: None,
+) -> None:
+    pool, _ = make_pool(MAX_SIZE=1)
+    with closing(pool):
+        conn = pool.acquire(timeout=10)
+        waiter = Waiter(pool)
+        assert wait_until(waiting(pool))
+        for _ in range(10):
+            pool.park(conn)
+            assert pool.unpark(conn)
+        assert not pool._waiters[0].woken
+        assert waiter.conn is None
+        pool.release(conn)  # the end of the request: the waiter's turn
+        assert wait_until(lambda: waiter.conn is conn)
+        waiter.finish()
+
+
+def test_the_housekeeper_recalls_a_parked_connection_when_nothing_else_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No regular housekeeping pass: only the recall that a park with callers waiting asks
+    # for can serve the waiter here.
+    monkeypatch.setattr(Housekeeper, "run_once", lambda self: None)
+    pool, _ = make_pool(MAX_SIZE=1)
+    with closing(pool):
+        conn = pool.acquire(timeout=10)
+        waiter = Waiter(pool)
+        assert wait_until(waiting(pool))
+        pool.park(conn)
+        assert wait_until(lambda: waiter.conn is conn, timeout=20)
+        assert not pool.unpark(conn)
+        waiter.finish()
+
+
+def test_a_connection_parked_for_a_whole_tick_is_idle_again(manual_housekeeping: None) -> None:
+    clock = FakeClock()
+    pool, _ = make_pool(clock=clock, MAX_SIZE=2)
+    with closing(pool):
+        conn = pool.acquire(timeout=10)
+        pool.park(conn)
+        pool._housekeeper.run_once()
+        assert pool.stats().parked == 1  # parked just now
+        clock.advance(pool._housekeeper.tick)
+        pool._housekeeper.run_once()
+        stats = pool.stats()
+        assert (stats.parked, stats.idle) == (0, 1)
+        assert not pool.unpark(conn)
+        assert pool.acquire(timeout=10) is conn
+
+
+def test_what_must_not_stay_out_is_released_instead_of_parked():
+    clock = FakeClock()
+    pool, driver = make_pool(clock=clock, MAX_SIZE=2, MAX_LIFETIME=10)
+    with closing(pool):
+        conn = pool.acquire(timeout=10)
+        conn.in_transaction = True
+        pool.park(conn)  # needs a reset: reset and idle, as a release would
+        assert driver.resets == 1
+        assert pool.stats().idle == 1
+        assert not pool.unpark(conn)
+
+        conn = pool.acquire(timeout=10)
+        clock.advance(11)
+        pool.park(conn)  # reached its lifetime
+        assert conn.closed
+        assert pool.stats().closed["lifetime"] == 1
+        assert not pool.unpark(conn)
+
+        conn = pool.acquire(timeout=10)
+        pool.park(conn)
+        clock.advance(11)  # reached it while parked
+        assert not pool.unpark(conn)
+        assert conn.closed
+        assert pool.stats().closed["lifetime"] == 2
+
+
+def test_end_park_gives_a_parked_connection_back_and_leaves_a_taken_one_alone():
+    pool, _ = make_pool(MAX_SIZE=1)
+    with closing(pool):
+        conn = pool.acquire(timeout=10)
+        pool.park(conn)
+        pool.end_park(conn)
+        stats = pool.stats()
+        assert (stats.parked, stats.idle) == (0, 1)
+
+        holder = Holder(pool)
+        taken = pool.acquire(timeout=10)  # took holder's parked connection
+        pool.end_park(holder.conn)  # no-op: not parked any more
+        assert pool.stats().in_use == 1
+        pool.release(taken)
+        holder.finish()
+
+
+def test_close_and_retire_close_parked_connections():
+    pool, _ = make_pool(MAX_SIZE=2)
+    conn = pool.acquire(timeout=10)
+    pool.park(conn)
+    assert pool.retire() == 1
+    assert conn.closed
+    assert not pool.unpark(conn)
+    other = pool.acquire(timeout=10)
+    pool.park(other)  # retiring, the last one out: released, and closed
+    assert other.closed
+    assert pool.stats().parked == 0
+
+    pool, _ = make_pool(MAX_SIZE=2)
+    conn = pool.acquire(timeout=10)
+    pool.park(conn)
+    pool.close(timeout=0)
+    assert conn.closed
+    assert not pool.unpark(conn)
