@@ -253,6 +253,21 @@ def test_bad_document_is_skipped_with_a_warning_naming_the_file(
     assert bad.exists()  # left for its owner to look at
 
 
+def test_a_document_of_an_earlier_release_without_the_parked_gauge_reads_as_none_parked(
+    private_dir: Path,
+) -> None:
+    # A deploy in progress: a process of the release before parked connections existed.
+    earlier = snapshot_document(pid=515151)
+    del _pools(earlier)["stats"]["gauges"]["parked"]
+    write(private_dir, earlier)
+    (document,) = snapshots.read_snapshots()
+    assert _pools(document)["stats"]["gauges"]["parked"] == 0
+    # Every other gauge is still required.
+    del _pools(earlier)["stats"]["gauges"]["idle"]
+    write(private_dir, earlier)
+    assert snapshots.read_snapshots() == []
+
+
 def test_the_admin_dashboard_shows_the_good_documents_beside_a_bad_one(
     private_dir: Path,
 ) -> None:
