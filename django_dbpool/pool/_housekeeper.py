@@ -53,13 +53,15 @@ class Housekeeper(Generic[C]):
             with pool._lock:
                 due = time.monotonic() + tick
                 while not pool._closed:
-                    if pool._recall_due:
-                        self._recall_locked()
-                        continue
+                    # The pass first: parks under constant contention ask for recalls
+                    # without end.
                     left = due - time.monotonic()
                     if left <= 0:
                         break
-                    wake.wait(left)
+                    if pool._recall_due:
+                        self._recall_parked_locked()
+                    else:
+                        wake.wait(left)
                 if pool._closed:
                     return
             try:
@@ -67,7 +69,7 @@ class Housekeeper(Generic[C]):
             except Exception:
                 logger.exception("pool %r: housekeeping failed", pool.name)
 
-    def _recall_locked(self) -> None:
+    def _recall_parked_locked(self) -> None:
         # Lock held. A connection was parked while callers waited (see Pool.park): after
         # RECALL_AFTER, whatever is still parked goes to them. Its holder has not needed it
         # since, whatever it is doing; one that went on at once took its connection back

@@ -174,7 +174,7 @@ class PoolState(Generic[C]):
         idle.insert(i, slot)
         return True
 
-    def _recall_locked(self) -> Slot[C]:
+    def _take_parked_locked(self) -> Slot[C]:
         # Takes the connection parked longest from its holder (there is one).
         key = next(iter(self._parked))
         return self._parked.pop(key)
@@ -185,8 +185,8 @@ class PoolState(Generic[C]):
         # last (see Pool.park). One that needs a probe goes idle for the waiter to take.
         parked, waiters = self._parked, self._waiters
         while parked and waiters:
-            slot = self._recall_locked()
-            if now >= slot.expires or not slot.fresh(now, self._validate_after):
+            slot = self._take_parked_locked()
+            if not slot.fresh(now, self._validate_after):
                 slot.last_used = now
                 self._idle.append(slot)
                 waiters[0].wake()

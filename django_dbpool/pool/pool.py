@@ -678,7 +678,7 @@ class Pool(PoolState[C]):
                     if self._waiters:
                         self._serve_parked_locked(now)
                     if self._parked:
-                        slot = self._recall_locked()
+                        slot = self._take_parked_locked()
                         if slot.fresh(now, self._validate_after):
                             self._register(slot, holder, now, start)
                             return slot.conn

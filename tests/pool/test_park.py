@@ -256,3 +256,29 @@ def test_close_and_retire_close_parked_connections():
     pool.close(timeout=0)
     assert conn.closed
     assert not pool.unpark(conn)
+
+
+def test_recalls_asked_for_without_end_do_not_hold_up_the_housekeeping_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Parks under constant contention: every recall is followed by another request for one.
+    passes = threading.Event()
+    recall = Housekeeper._recall_parked_locked
+
+    def recall_again(self: Housekeeper) -> None:
+        recall(self)
+        self.pool._recall_due = True
+
+    monkeypatch.setattr(Housekeeper, "_recall_parked_locked", recall_again)
+    monkeypatch.setattr(Housekeeper, "run_once", lambda self: passes.set())
+    pool, _ = make_pool(MAX_SIZE=1)
+    with closing(pool):
+        conn = pool.acquire(timeout=10)
+        waiter = Waiter(pool)  # starts the background work
+        assert wait_until(waiting(pool))
+        with pool._lock:
+            pool._recall_due = True
+            pool._housekeeper_wake.notify()
+        assert passes.wait(30)
+        pool.release(conn)
+        waiter.finish()
