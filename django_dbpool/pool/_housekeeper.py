@@ -1,14 +1,13 @@
 """The pool's housekeeper: retires old connections, trims idle ones, runs keepalive probes,
-reports leaks and reclaims orphans, about once a second (more often when an option needs
-it). Its thread is a daemon, started with the pool's background work, and exits when the
-pool closes; a forked child starts its own. It decides under the pool's lock and acts off
-it.
+reports leaks, reclaims orphans and makes long-parked connections idle, about once a second
+(more often when an option needs it). Its thread is a daemon, started with the pool's
+background work, and exits when the pool closes; a forked child starts its own. It decides
+under the pool's lock and acts off it.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -18,13 +17,6 @@ if TYPE_CHECKING:
     from ._state import PoolState
 
 logger = logging.getLogger("django_dbpool.pool")
-
-#: Seconds after a connection was parked while callers waited before the housekeeper hands
-#: whatever is still parked to them (see Pool.park): the longest a waiter waits for a
-#: connection whose holder went on to wait on something else while nothing else ran in the
-#: process. At most one wake-up of the housekeeper per RECALL_AFTER, however many
-#: statements park meanwhile.
-RECALL_AFTER = 0.005
 
 C = TypeVar("C")
 
@@ -51,34 +43,14 @@ class Housekeeper(Generic[C]):
         wake = pool._housekeeper_wake
         while True:
             with pool._lock:
-                due = time.monotonic() + tick
-                while not pool._closed:
-                    # The pass first: parks under constant contention ask for recalls
-                    # without end.
-                    left = due - time.monotonic()
-                    if left <= 0:
-                        break
-                    if pool._recall_due:
-                        self._recall_parked_locked()
-                    else:
-                        wake.wait(left)
+                if not pool._closed:
+                    wake.wait(tick)
                 if pool._closed:
                     return
             try:
                 self.run_once()
             except Exception:
                 logger.exception("pool %r: housekeeping failed", pool.name)
-
-    def _recall_parked_locked(self) -> None:
-        # Lock held. A connection was parked while callers waited (see Pool.park): after
-        # RECALL_AFTER, whatever is still parked goes to them. Its holder has not needed it
-        # since, whatever it is doing; one that went on at once took its connection back
-        # long before, and nobody was woken for it.
-        pool = self.pool
-        pool._housekeeper_wake.wait(RECALL_AFTER)  # woken early only by close()
-        pool._recall_due = False
-        if not pool._closed and pool._waiters and pool._parked:
-            pool._serve_parked_locked(pool._clock())
 
     def run_once(self) -> None:
         pool = self.pool
@@ -109,11 +81,8 @@ class Housekeeper(Generic[C]):
                     if opts.keepalive and now - slot.last_ok >= opts.keepalive:
                         to_probe.append(slot)
             pool._idle = keep
-            # Parked connections: to callers waiting (see Pool.park); parked for a whole tick,
-            # the holder is not coming back soon (or its thread has exited): idle again, under
-            # the idle connections' rules.
-            if pool._waiters and pool._parked:
-                pool._serve_parked_locked(now)
+            # Parked for a whole tick: the holder is not coming back soon (or its thread has
+            # exited). Idle again, under the idle connections' rules (see Pool.park).
             for key, slot in list(pool._parked.items()):
                 if now - slot.last_used >= self.tick:
                     del pool._parked[key]

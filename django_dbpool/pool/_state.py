@@ -79,8 +79,6 @@ class PoolState(Generic[C]):
         self._out: dict[int, Slot[C]] = {}  # id(conn) -> slot, for checked-out connections
         # id(conn) -> slot, for connections parked by their holder (see Pool.park), oldest first
         self._parked: dict[int, Slot[C]] = {}
-        # A park while callers waited has asked the housekeeper to recall (see Pool.park).
-        self._recall_due = False
         self._all: set[Slot[C]] = set()  # every open connection, for the fork hand-over
         self._waiters: deque[Waiter[C]] = deque()
         # Per thread: when it last found no idle connection of its own (see _pick_idle_locked).
@@ -178,20 +176,6 @@ class PoolState(Generic[C]):
         # Takes the connection parked longest from its holder (there is one).
         key = next(iter(self._parked))
         return self._parked.pop(key)
-
-    def _serve_parked_locked(self, now: float) -> None:
-        # Callers wait and connections are parked by threads other than the running one
-        # (whose own is not parked at this point): oldest parked to oldest waiter, while both
-        # last (see Pool.park). One that needs a probe goes idle for the waiter to take.
-        parked, waiters = self._parked, self._waiters
-        while parked and waiters:
-            slot = self._take_parked_locked()
-            if not slot.fresh(now, self._validate_after):
-                slot.last_used = now
-                self._idle.append(slot)
-                waiters[0].wake()
-                return
-            self._serve_oldest_locked(slot, now)
 
     def _take_idle_locked(self) -> list[Slot[C]]:
         # Empties the idle list and the parked connections; the caller closes what it

@@ -161,8 +161,6 @@ class Pool(PoolState[C]):
         now = self._clock()
         retired: Sequence[Slot[C]] = ()
         with self._lock:
-            if self._parked and self._waiters:
-                self._serve_parked_locked(now)
             slot = self._out.pop(id(conn), None)
             if slot is not None:
                 # Histogram.observe inlined: this is the hot path.
@@ -216,25 +214,20 @@ class Pool(PoolState[C]):
         caller: :meth:`unpark` takes it back, with no checkout, if it is still parked then.
 
         For callers that give their connection back between statements and usually want it
-        again moments later (transaction-scoped leases). A parked connection serves others
-        as soon as its holder is not running:
+        again moments later (transaction-scoped leases). A parked connection is the caller's
+        only while nobody else needs it:
 
+        - while callers wait, a park is a :meth:`release` (the waiters get it as they would
+          any returned connection), so no connection is ever parked while a caller waits;
         - a caller that finds no idle connection takes a parked one (the oldest) rather than
-          wait or open another;
-        - while callers wait, any thread's acquire, release, park or unpark hands the
-          connections parked by *other* threads to the oldest waiters. Under the GIL a thread
-          runs pool code only while the holders of those connections are not running: they
-          wait on something else (a sleep, an ``await``, a socket), so the connection is
-          theirs for nothing. The holder that goes on with its next statement at once takes
-          its connection back without anyone waking up;
-        - a park while callers wait also has the housekeeper hand them, after
-          ``RECALL_AFTER`` (5 ms), whatever is parked then: the bound on a waiter's wait
-          when the holders wait on something else and nothing else runs;
+          wait or open another: under the GIL it runs only while the parked connection's
+          holder is not running (a sleep, an ``await``, a socket); a holder that goes on with
+          its next statement at once has taken its connection back first;
         - the housekeeper makes a connection parked for a whole tick idle again.
 
         A connection that needs a reset or has reached its lifetime, or a pool that is closed
-        or retiring, releases instead. Raises as :meth:`release` for a connection not checked
-        out here.
+        or retiring, is released instead too. Raises as :meth:`release` for a connection not
+        checked out here.
         """
         try:
             needs_reset = self._adapter.needs_reset(conn)
@@ -246,6 +239,7 @@ class Pool(PoolState[C]):
                 slot = self._out.get(id(conn))
                 if (
                     slot is not None
+                    and not self._waiters
                     and now < slot.expires
                     and not self._closed
                     and not self._retiring
@@ -259,12 +253,6 @@ class Pool(PoolState[C]):
                     if held > hist.max:
                         hist.max = held
                     slot.last_used = slot.last_ok = now
-                    if self._waiters:
-                        if self._parked:
-                            self._serve_parked_locked(now)
-                        if not self._recall_due:
-                            self._recall_due = True
-                            self._housekeeper_wake.notify()
                     self._parked[id(conn)] = slot
                     return
         self.release(conn)
@@ -287,8 +275,6 @@ class Pool(PoolState[C]):
                 parked[id(conn)] = slot
                 return False
             if now < slot.expires:
-                if self._waiters and parked:
-                    self._serve_parked_locked(now)
                 slot.holder = holder
                 slot.acquired_at = now
                 slot.leak_warned = False
@@ -672,17 +658,14 @@ class Pool(PoolState[C]):
                         return slot.conn
                     continue
                 if self._parked:
-                    # No idle connection: a parked one whose holder is not running (see
-                    # park()), after the callers already waiting.
+                    # No idle connection: a parked one, whose holder is not running (see
+                    # park()). Nobody waits while one is parked.
+                    slot = self._take_parked_locked()
                     now = self._clock()
-                    if self._waiters:
-                        self._serve_parked_locked(now)
-                    if self._parked:
-                        slot = self._take_parked_locked()
-                        if slot.fresh(now, self._validate_after):
-                            self._register(slot, holder, now, start)
-                            return slot.conn
-                        continue
+                    if slot.fresh(now, self._validate_after):
+                        self._register(slot, holder, now, start)
+                        return slot.conn
+                    continue
                 if self._unavailable:
                     self._unavailable_count += 1
                     self._connector.request_probe_locked()

@@ -6,10 +6,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import pytest
-
-from django_dbpool.pool._housekeeper import Housekeeper
-
 from .fakes import FakeClock, FakeConnection, closing, make_pool, wait_until
 
 
@@ -113,72 +109,6 @@ def test_a_caller_that_finds_no_idle_connection_takes_a_parked_one():
         assert pool.stats().opened == 1
 
 
-def test_callers_already_waiting_get_parked_connections_from_the_next_thread_that_runs(
-    manual_housekeeping: None,
-) -> None:
-    pool, _ = make_pool(MAX_SIZE=2)
-    with closing(pool):
-        mine = pool.acquire(timeout=10)
-        holder = Holder(pool)  # parks the pool's other connection, then waits elsewhere
-        first = Waiter(pool)
-        # Arrived when nothing was idle or parked... but one was parked: it took it.
-        assert wait_until(lambda: first.conn is holder.conn)
-        holder.finish()
-
-        holder = Holder(pool, wait=False)  # waits until first gives its connection back
-        assert wait_until(waiting(pool))
-        second = Waiter(pool)
-        assert wait_until(waiting(pool, 2))
-        first.finish()
-        assert holder.parked.wait(30)
-        # second was already waiting when holder parked, and nothing has run since.
-        assert waiting(pool)()
-        assert second.conn is None
-        # This thread's own park hands the other thread's parked connection over; its own
-        # stays for it.
-        pool.park(mine)
-        assert wait_until(lambda: second.conn is holder.conn)
-        assert pool.unpark(mine)
-        assert holder.finish() is False
-        second.finish()
-        pool.release(mine)
-
-
-def test_a_holder_that_goes_on_at_once_keeps_its_connection_and_wakes_nobody(
-    manual_housekeeping: None,
-) -> None:
-    pool, _ = make_pool(MAX_SIZE=1)
-    with closing(pool):
-        conn = pool.acquire(timeout=10)
-        waiter = Waiter(pool)
-        assert wait_until(waiting(pool))
-        for _ in range(10):
-            pool.park(conn)
-            assert pool.unpark(conn)
-        assert not pool._waiters[0].woken
-        assert waiter.conn is None
-        pool.release(conn)  # the end of the request: the waiter's turn
-        assert wait_until(lambda: waiter.conn is conn)
-        waiter.finish()
-
-
-def test_the_housekeeper_recalls_a_parked_connection_when_nothing_else_runs(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # No regular housekeeping pass: only the recall that a park with callers waiting asks
-    # for can serve the waiter here.
-    monkeypatch.setattr(Housekeeper, "run_once", lambda self: None)
-    pool, _ = make_pool(MAX_SIZE=1)
-    with closing(pool):
-        conn = pool.acquire(timeout=10)
-        waiter = Waiter(pool)
-        assert wait_until(waiting(pool))
-        pool.park(conn)
-        assert wait_until(lambda: waiter.conn is conn, timeout=20)
-        assert not pool.unpark(conn)
-        waiter.finish()
-
-
 def test_a_connection_parked_for_a_whole_tick_is_idle_again(manual_housekeeping: None) -> None:
     clock = FakeClock()
     pool, _ = make_pool(clock=clock, MAX_SIZE=2)
@@ -258,27 +188,22 @@ def test_close_and_retire_close_parked_connections():
     assert not pool.unpark(conn)
 
 
-def test_recalls_asked_for_without_end_do_not_hold_up_the_housekeeping_pass(
-    monkeypatch: pytest.MonkeyPatch,
+def test_while_callers_wait_a_park_is_a_release_and_nothing_stays_parked(
+    manual_housekeeping: None,
 ) -> None:
-    # Parks under constant contention: every recall is followed by another request for one.
-    passes = threading.Event()
-    recall = Housekeeper._recall_parked_locked
-
-    def recall_again(self: Housekeeper) -> None:
-        recall(self)
-        self.pool._recall_due = True
-
-    monkeypatch.setattr(Housekeeper, "_recall_parked_locked", recall_again)
-    monkeypatch.setattr(Housekeeper, "run_once", lambda self: passes.set())
     pool, _ = make_pool(MAX_SIZE=1)
     with closing(pool):
         conn = pool.acquire(timeout=10)
-        waiter = Waiter(pool)  # starts the background work
+        waiter = Waiter(pool)
         assert wait_until(waiting(pool))
-        with pool._lock:
-            pool._recall_due = True
-            pool._housekeeper_wake.notify()
-        assert passes.wait(30)
-        pool.release(conn)
+        pool.park(conn)
+        assert pool.stats().parked == 0
+        assert wait_until(lambda: waiter.conn is conn)
+        assert not pool.unpark(conn)
         waiter.finish()
+        # Nobody waits now: parked again.
+        conn = pool.acquire(timeout=10)
+        pool.park(conn)
+        assert pool.stats().parked == 1
+        assert pool.unpark(conn)
+        pool.release(conn)
