@@ -245,13 +245,7 @@ class Pool(PoolState[C]):
                     and not self._retiring
                 ):
                     del self._out[id(conn)]
-                    # Histogram.observe inlined, as in release().
-                    held = now - slot.acquired_at
-                    hist = self._hold_hist
-                    hist.counts[bisect_left(BUCKETS_SECONDS, held)] += 1
-                    hist.sum += held
-                    if held > hist.max:
-                        hist.max = held
+                    self._hold_hist.observe(now - slot.acquired_at)
                     slot.last_used = slot.last_ok = now
                     self._parked[id(conn)] = slot
                     return
