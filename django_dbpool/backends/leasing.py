@@ -302,21 +302,17 @@ class LeasingMixin(_Base):
         last, released_at = self._dbpool_last
         recent = last if time.monotonic() - released_at < RECHECK_AFTER else None
         pool, self._dbpool_park_pool = self._dbpool_park_pool, None
+        connection = None
         if pool is not None and pool.unpark(last):
             if recent is None and last.dbpool_closed_by_server():
                 pool.release(last, broken=True)
             else:
-                self._dbpool_resume(pool, last)
-                return
-        self._dbpool_resume(self._dbpool_pool(), None, recent)
-
-    def _dbpool_resume(self, pool: Pool[Any], connection: Any, recent: Any = None) -> None:
-        # connection: taken back from park; None: check one out of pool.
+                # Still parked and open: the lease resumes, no checkout.
+                connection = last
+                self._dbpool_lease = pool
+                self.dbpool_broken = False
         if connection is None:
-            connection = self._dbpool_checkout(pool, recent)
-        else:
-            self._dbpool_lease = pool
-            self.dbpool_broken = False
+            connection = self._dbpool_checkout(self._dbpool_pool(), recent)
         self._dbpool_conn = connection
         self._dbpool_parked = False
         self._dbpool_lease_thread = threading.get_ident()

@@ -260,14 +260,13 @@ class Pool(PoolState[C]):
         now = self._clock()
         holder = self._holder(caller)
         with self._lock:
-            parked = self._parked
-            slot = parked.pop(id(conn), None)
-            if slot is None:
+            slot = self._parked.get(id(conn))
+            if slot is None or slot.conn is not conn:
                 return False
             last = slot.holder
-            if slot.conn is not conn or last is None or last[0] is not holder[0]:
-                parked[id(conn)] = slot
+            if last is None or last[0] is not holder[0]:
                 return False
+            del self._parked[id(conn)]
             if now < slot.expires:
                 slot.holder = holder
                 slot.acquired_at = now
@@ -282,12 +281,10 @@ class Pool(PoolState[C]):
         """Give back for good a connection :meth:`park` kept, if it is still parked: the
         caller's lease is over (the end of a request)."""
         with self._lock:
-            slot = self._parked.pop(id(conn), None)
-            if slot is None:
+            slot = self._parked.get(id(conn))
+            if slot is None or slot.conn is not conn:
                 return
-            if slot.conn is not conn:
-                self._parked[id(conn)] = slot
-                return
+            del self._parked[id(conn)]
             if self._put_locked(slot, self._clock()):
                 return
         self._close_slot(slot, "shutdown")
