@@ -143,6 +143,20 @@ def wait_until_serving(server: subprocess.Popen[Any], base: str, limit: float = 
 
 
 @contextmanager
+def serving(
+    process: subprocess.Popen[bytes], port: int
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``process`` and its base URL once it answers on ``port``; stopped with
+    :func:`stop_gracefully` afterwards if still running."""
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(process, base)
+        yield process, base
+    finally:
+        stop_gracefully(process)
+
+
+@contextmanager
 def gunicorn(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """The example project under gunicorn (2 gthread workers) on a free port: yields the
     master process and the base URL; killed afterwards if still running."""
@@ -167,12 +181,8 @@ def gunicorn(database_url: str, **env: str) -> Iterator[tuple[subprocess.Popen[b
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(server, base)
-        yield server, base
-    finally:
-        stop_gracefully(server)
+    with serving(server, port) as served:
+        yield served
 
 
 # -- the ASGI test site (tests/asgisite) under real ASGI servers ------------------------------
@@ -252,12 +262,8 @@ def asgi_server(
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(process, base)
-        yield process, base
-    finally:
-        stop_gracefully(process)
+    with serving(process, port) as served:
+        yield served
 
 
 def pool_snapshots(stats_dir: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
