@@ -16,9 +16,13 @@ turns, the order reversed every other round):
    request leases (``MAX_SIZE`` 4 and 64), Django's native pool and django-pg-real-pool
    (``max_size`` 4); and the waiting view as a sync view (``/wait``, ``time.sleep``) under
    gunicorn, transaction against request leases. PostgreSQL only.
-3. CPU time per request without HTTP (as ``request_cpu.py``): the ten-query view ``/ten``
-   through Django's WSGI handler, 8 threads in one process, transaction against request
-   leases, with ``MAX_SIZE`` 4 (threads share connections) and 8 (one per thread).
+3. CPU time per request without HTTP: the ten-query view ``/ten`` through Django's WSGI
+   handler, 8 threads in one process, transaction against request leases, with ``MAX_SIZE``
+   4 (threads share connections) and 8 (one per thread). The contenders are database aliases
+   of that one process and take turns in blocks of short phases
+   (``request_cpu.run_interleaved``): on a shared machine the CPU's speed drifts between two
+   runs in fresh processes by more than the 5 % the target allows, while two phases a second
+   apart see the same machine.
 
 Each scenario has an A/A pair: transaction leases twice, two identical sites (or runs), whose
 ratio is how far two measurements of the same thing come apart on this machine.
@@ -30,10 +34,9 @@ uncounted: its pool opens the connections the load needs (request leases with ``
 start with 4), so that no contender pays for it in a measured round.
 
 Environment: ``BENCH_ROUNDS`` (4), ``BENCH_SECONDS`` (5, per measurement), ``BENCH_WARMUP``
-(1, before each measurement), ``BENCH_CPU_ROUNDS`` (6), ``BENCH_REQUESTS`` (1000 per CPU
-run), ``BENCH_SCENARIOS`` (all; a comma-separated
-subset of the scenarios' keys and ``cpu``, for a quick look, not for the report),
-``BENCH_OUT`` (``leases.json``: the file written in ``results/``).
+(1, before each measurement), ``BENCH_CPU_BLOCKS`` (40), ``BENCH_SCENARIOS`` (all; a
+comma-separated subset of the scenarios' keys and ``cpu``, for a quick look, not for the
+report), ``BENCH_OUT`` (``leases.json``: the file written in ``results/``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,8 +65,7 @@ from revision import revision
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 WARMUP = float(os.environ.get("BENCH_WARMUP", "1"))
-CPU_ROUNDS = int(os.environ.get("BENCH_CPU_ROUNDS", "6"))
-REQUESTS = int(os.environ.get("BENCH_REQUESTS", "1000"))
+CPU_BLOCKS = int(os.environ.get("BENCH_CPU_BLOCKS", "40"))
 #: Seconds each site serves each of its views before the first round (see above).
 SITE_WARMUP = 2.0
 ONLY = [key for key in os.environ.get("BENCH_SCENARIOS", "").split(",") if key]
@@ -71,11 +74,13 @@ CLIENTS = 64
 #: connections nearly all on the other worker) is made again, up to BALANCE_ATTEMPTS in all.
 MIN_WORKER_SHARE = web.MIN_WORKER_SHARE
 BALANCE_ATTEMPTS = 3
-#: Threads of the CPU runs, as in one gunicorn worker; requests per thread before measuring.
+#: Threads of the CPU run, as in one gunicorn worker; requests per thread and contender in
+#: a block, and before the first block.
 THREADS = harness.THREADS
-CPU_WARMUP = 25
+CPU_PER_THREAD = 6
+CPU_WARMUP = 40
 #: A CPU run that takes longer than this is a hang, not a measurement.
-RUN_TIMEOUT = 300
+RUN_TIMEOUT = 900
 T = TypeVar("T")
 
 
@@ -283,16 +288,23 @@ def run_group(url: str, vendor: str, scenarios: list[Scenario]) -> dict[str, lis
     return rows
 
 
-def cpu_measure(url: str, name: str) -> dict[str, Any]:
-    """One CPU run of ``name`` on ``url`` in a fresh process."""
-    contender = CONTENDERS[name]
+def run_cpu(url: str, vendor: str) -> list[dict[str, Any]]:
+    """Scenario 3 in one process whose database aliases are the contenders, on one database
+    (see ``request_cpu.run_interleaved``): a row per contender and block."""
+    aliases = ",".join(
+        f"{name}:{CONTENDERS[name].lease}:{CONTENDERS[name].pool_size}" for name in CPU_CONTENDERS
+    )
     stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
     try:
         env = harness.site_environment(
-            url, contender.site, contender.pool_size, stats_dir, contender.extra()
+            harness.contender_database(url, "cpu"),
+            "dbpool",
+            harness.POOL_SIZE,
+            stats_dir,
+            {"BENCH_ALIASES": aliases},
         )
         result = subprocess.run(
-            [sys.executable, __file__, "--cpu-run", CPU_PATH, str(REQUESTS)],
+            [sys.executable, __file__, "--cpu-run"],
             env=env,
             cwd=harness.HERE,
             capture_output=True,
@@ -303,24 +315,19 @@ def cpu_measure(url: str, name: str) -> dict[str, Any]:
     finally:
         shutil.rmtree(stats_dir, ignore_errors=True)
     if result.returncode:
-        raise RuntimeError(f"{name}: the CPU run failed:\n{result.stderr}")
-    row: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
-    return row
-
-
-def run_cpu(url: str, vendor: str) -> list[dict[str, Any]]:
-    own = {name: harness.contender_database(url, name) for name in CPU_CONTENDERS}
+        raise RuntimeError(f"the CPU run failed:\n{result.stderr[-3000:]}")
+    found: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     rows = []
-    for rnd in range(1, CPU_ROUNDS + 1):
-        order = CPU_CONTENDERS if rnd % 2 else CPU_CONTENDERS[::-1]
-        for name in order:
-            row = {"contender": name, "round": rnd, **cpu_measure(own[name], name)}
-            rows.append(row)
-            print(
-                f"  {vendor} cpu round {rnd}: {name:>16} {row['cpu_us']:7.0f} µs CPU per"
-                f" request, errors {row['errors']}",
-                flush=True,
-            )
+    for name in CPU_CONTENDERS:
+        figures = found["cpu_us"][name]
+        for block, cpu_us in enumerate(figures, 1):
+            rows.append({"contender": name, "round": block, "cpu_us": cpu_us, "errors": 0})
+        rows[-1]["errors"] = found["errors"][name]
+        print(
+            f"  {vendor} cpu: {name:>16} {statistics.median(figures):7.0f} µs CPU per request"
+            f" (median of {len(figures)} blocks), errors {found['errors'][name]}",
+            flush=True,
+        )
     return rows
 
 
@@ -334,8 +341,8 @@ def budget_s(urls: dict[str, str]) -> float:
         measurements = sum(len(s.contenders) for s in scenarios)
         http += measurements * (ROUNDS * (WARMUP + SECONDS + 1.5) + SITE_WARMUP + 0.5)
         sites += 3 * len({(s.group, name) for s in scenarios for name in s.contenders})
-        per_run = 1.5 + (REQUESTS + CPU_WARMUP * THREADS) * 5e-3
-        cpu += len(CPU_CONTENDERS) * CPU_ROUNDS * per_run * with_cpu
+        requests = (CPU_BLOCKS * CPU_PER_THREAD + CPU_WARMUP) * THREADS
+        cpu += (5 + len(CPU_CONTENDERS) * requests * 5e-3) * with_cpu
     return http + sites + cpu
 
 
@@ -359,17 +366,23 @@ def environment(elapsed_s: int) -> dict[str, Any]:
         "seconds": SECONDS,
         "warmup": WARMUP,
         "site_warmup": SITE_WARMUP,
-        "cpu_rounds": CPU_ROUNDS,
+        "cpu_blocks": CPU_BLOCKS,
+        "cpu_per_thread": CPU_PER_THREAD,
         "min_worker_share": MIN_WORKER_SHARE,
         "balance_attempts": BALANCE_ATTEMPTS,
-        "cpu_requests": REQUESTS,
         "elapsed_s": elapsed_s,
     }
 
 
 def main(argv: list[str]) -> int:
     if argv[1:2] == ["--cpu-run"]:
-        print(json.dumps(request_cpu.run_in_this_process(argv[2], int(argv[3]), CPU_WARMUP)))
+        import django
+
+        django.setup()
+        found = request_cpu.run_interleaved(
+            CPU_PATH, list(CPU_CONTENDERS), CPU_BLOCKS, CPU_PER_THREAD, CPU_WARMUP
+        )
+        print(json.dumps(found))
         return 0
     harness.require_wrk()
     urls = web.database_urls()

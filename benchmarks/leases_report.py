@@ -3,10 +3,11 @@
 CPU time per request. ``report.py`` puts them in ``results/report.md`` and in ``README.rst``
 between ``.. leases-report-start`` and ``-end``.
 
-Every comparison is a ratio of medians over the rounds; the single rounds' ratios (the runs
-of one round were made side by side) give its spread, and the A/A pair (transaction leases
-twice, two identical sites: the first over the second) how far apart two measurements of
-the same thing come.
+Every HTTP comparison is a ratio of medians over the rounds; the single rounds' ratios (the
+runs of one round were made side by side) give its spread. A CPU comparison is the median of
+the blocks' ratios (each block's phases ran side by side in one process), with the middle
+half of them. The A/A pair (transaction leases twice, two identical sites or aliases) shows
+how far apart two measurements of the same thing come.
 """
 
 from __future__ import annotations
@@ -173,21 +174,42 @@ CPU_PAIRS = (
 )
 
 
+def block_ratio(rows: list[dict[str, Any]], a: str, b: str) -> tuple[float, list[float]] | None:
+    """``a``'s CPU time per request over ``b``'s: the median of the blocks' ratios (each
+    block's phases ran side by side, see ``request_cpu.run_interleaved``), and those ratios;
+    None when either has no row."""
+    ra, rb = by(rows, contender=a), by(rows, contender=b)
+    if not ra or not rb:
+        return None
+    theirs = {row["round"]: row["cpu_us"] for row in rb}
+    blocks = [row["cpu_us"] / theirs[row["round"]] for row in ra if row["round"] in theirs]
+    return median(blocks), blocks
+
+
+def block_text(ratio: tuple[float, list[float]] | None) -> str:
+    if ratio is None:
+        return "n/a"
+    value, blocks = ratio[0], sorted(ratio[1])
+    quarter = len(blocks) // 4
+    return (
+        f"{value:.3f}x (middle half of {len(blocks)} blocks: "
+        f"{blocks[quarter]:.2f}x-{blocks[-quarter - 1]:.2f}x)"
+    )
+
+
 def cpu_targets(data: dict[str, Any]) -> list[Target]:
     targets = []
     for vendor, found in data["cpu"]["databases"].items():
         rows = found["rows"]
-        aa = ratio_of_medians(rows, "transaction_4", "transaction_4_aa", "cpu_us")
+        aa = block_ratio(rows, "transaction_4_aa", "transaction_4")
         for ours, other, sizes in CPU_PAIRS:
-            ratio = ratio_of_medians(rows, ours, other, "cpu_us")
-            if ratio is None and ours != "transaction_4":
-                continue  # a results file from before the pair existed
+            ratio = block_ratio(rows, ours, other)
             targets.append(
                 Target(
                     f"{VENDORS[vendor]}, 3. CPU time per request without HTTP, ten queries, "
                     f"{sizes}: transaction leases at most 1.05x request leases",
                     ratio is not None and ratio[0] <= 1.05,
-                    ratio_text(ratio) + (f"; A/A {ratio_text(aa)}" if aa else ""),
+                    block_text(ratio) + (f"; A/A {block_text(aa)}" if aa else ""),
                 )
             )
     return targets
@@ -255,26 +277,26 @@ def cpu_table(data: dict[str, Any]) -> Table:
             cell = by(rows, contender=name)
             # Against transaction leases of the same MAX_SIZE.
             ours = "transaction_8" if name.endswith("_8") else "transaction_4"
-            versus = ratio_of_medians(rows, ours, name, "cpu_us")
             table_rows.append(
                 [
                     VENDORS[vendor],
                     names[name],
                     spread([r["cpu_us"] for r in cell]),
-                    "" if name == ours else ratio_text(versus),
+                    "" if name == ours else block_text(block_ratio(rows, ours, name)),
                     str(sum(r["errors"] for r in cell)),
                 ]
             )
     cpu, env = data["cpu"], data["environment"]
     return Table(
         f"3. CPU time per request without HTTP: {cpu['path']} (ten queries) through Django's "
-        f"WSGI handler, {cpu['threads']} threads in one process, MAX_SIZE 4 and 8; medians of "
-        f"{env['cpu_rounds']} rounds (min-max)",
+        f"WSGI handler, {cpu['threads']} threads, the contenders taking turns in one process "
+        f"(database aliases), {env['cpu_blocks']} blocks of {env['cpu_per_thread']} requests "
+        "per thread and contender: medians of the blocks (min-max)",
         [
             "database",
             "contender",
             "µs CPU per request (min-max)",
-            "transaction leases' CPU over it (rounds)",
+            "transaction leases' CPU over it, block by block",
             "errors",
         ],
         table_rows,
@@ -307,8 +329,10 @@ def describe(data: dict[str, Any]) -> str:
         f"{env['min_worker_share']:.0%} of the workers' CPU time was made again, up to "
         f"{env['balance_attempts']} times; {unbalanced} of {total} were still unbalanced and "
         "are left out of requests/s, latency and ratios (their errors and sessions count). "
-        f"CPU time: {env['cpu_rounds']} rounds, a fresh process per run, "
-        f"{env['cpu_requests']:,} requests after a warm-up."
+        f"CPU time: one process per database, {env['cpu_blocks']} blocks; in each, every "
+        f"contender (a database alias of its own) serves {env['cpu_per_thread']} requests on "
+        "each thread in turn, the order reversed every other block, after a warm-up; ratios "
+        "are medians of the blocks' ratios, with the middle half of them."
     )
 
 

@@ -23,6 +23,7 @@ run). Writes ``results/request_cpu.json``.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -59,10 +60,11 @@ WARMUP = 100
 RUN_TIMEOUT = 600
 
 
-def request_environ(path: str = "/item") -> dict[str, Any]:
+def request_environ(path: str = "/item", query: str = "") -> dict[str, Any]:
     return {
         "REQUEST_METHOD": "GET",
         "PATH_INFO": path,
+        "QUERY_STRING": query,
         "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1",
@@ -72,20 +74,15 @@ def request_environ(path: str = "/item") -> dict[str, Any]:
     }
 
 
-def run_in_this_process(
-    path: str = "/item", requests: int = REQUESTS, warmup: int = WARMUP
-) -> dict[str, Any]:
-    """One run: :data:`THREADS` threads call ``path`` through Django's WSGI handler,
-    ``warmup`` times each, then ``requests`` times in all; the process's CPU time per measured
-    request. The settings come from the environment (``harness.site_environment``).
-    ``benchmarks/leases.py`` runs it too."""
+def caller(path: str) -> Callable[[str], bool]:
+    """A function that makes one request for ``path`` (with the query string it is given)
+    through Django's WSGI handler, whose settings come from the environment
+    (``harness.site_environment``), and tells whether it answered 200."""
     from django.core.wsgi import get_wsgi_application
 
     app = get_wsgi_application()
-    errors = [0] * THREADS
-    start = threading.Barrier(THREADS + 1)
 
-    def call() -> bool:
+    def call(query: str = "") -> bool:
         statuses: list[str] = []
 
         def start_response(
@@ -94,12 +91,25 @@ def run_in_this_process(
             statuses.append(status)
             return lambda data: None
 
-        body = app(request_environ(path), start_response)
+        body = app(request_environ(path, query), start_response)
         try:
             b"".join(body)
         finally:
             body.close()  # request_finished: Django gives the connection back here
         return statuses[0].startswith("200 ")
+
+    return call
+
+
+def run_in_this_process(
+    path: str = "/item", requests: int = REQUESTS, warmup: int = WARMUP
+) -> dict[str, Any]:
+    """One run: :data:`THREADS` threads call ``path`` through Django's WSGI handler,
+    ``warmup`` times each, then ``requests`` times in all; the process's CPU time per measured
+    request."""
+    call = caller(path)
+    errors = [0] * THREADS
+    start = threading.Barrier(THREADS + 1)
 
     def worker(i: int) -> None:
         for _ in range(warmup):
@@ -119,6 +129,66 @@ def run_in_this_process(
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     total = (requests // THREADS) * THREADS
     return {"cpu_us": cpu / total * 1e6, "wall_us": wall / total * 1e6, "errors": sum(errors)}
+
+
+def run_interleaved(
+    path: str, aliases: list[str], blocks: int, per_thread: int, warmup: int
+) -> dict[str, Any]:
+    """Contenders that are database aliases of this process take turns in short phases:
+    in each of ``blocks`` blocks, for each alias (the order reversed every other block),
+    :data:`THREADS` threads call ``path?using=<alias>`` ``per_thread`` times each; the
+    process's CPU time per request of each phase, by alias (``cpu_us``, one figure per
+    block), and the failed requests. Phases a second apart see the same machine: the ratio
+    of two aliases' figures in one block measures the code, not the machine's drift between
+    runs. Each alias serves ``warmup`` requests per thread first, uncounted."""
+    call = caller(path)
+    phase: dict[str, Any] = {"alias": None, "count": 0}
+    failed: list[str] = []
+    start = threading.Barrier(THREADS + 1)
+    done = threading.Barrier(THREADS + 1)
+
+    def worker() -> None:
+        try:
+            while True:
+                start.wait()
+                alias, count = phase["alias"], phase["count"]
+                if alias is None:
+                    return
+                query = f"using={alias}"
+                for _ in range(count):
+                    if not call(query):
+                        failed.append(alias)
+                done.wait()
+        except BaseException:
+            # The other threads and the main one stop waiting for this one.
+            start.abort()
+            done.abort()
+            raise
+
+    def run_phase(alias: str | None, count: int) -> float:
+        phase["alias"], phase["count"] = alias, count
+        gc.collect()  # the garbage of one phase is not collected in the next one's time
+        cpu = time.process_time()
+        start.wait()
+        if alias is not None:
+            done.wait()
+        return time.process_time() - cpu
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for alias in aliases:
+        run_phase(alias, warmup)
+    cpu: dict[str, list[float]] = {alias: [] for alias in aliases}
+    for block in range(blocks):
+        for alias in aliases if block % 2 == 0 else aliases[::-1]:
+            spent = run_phase(alias, per_thread)
+            cpu[alias].append(spent / (per_thread * THREADS) * 1e6)
+    run_phase(None, 0)
+    for thread in threads:
+        thread.join()
+    errors = {alias: failed.count(alias) for alias in aliases}
+    return {"cpu_us": cpu, "errors": errors}
 
 
 def measure(url: str, contender: str) -> dict[str, Any]:

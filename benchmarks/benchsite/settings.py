@@ -8,6 +8,8 @@
   default.
 - ``BENCH_BOUND_SCOPE``: how long the "bound" contender keeps a place, ``request`` (default)
   or ``statement`` (see ``benchsite.bounded``).
+- ``BENCH_ALIASES``: more django_dbpool aliases on the same database, for views that take
+  ``?using=``: ``alias:LEASE:MAX_SIZE`` separated by commas (``lease_cpu.py``).
 
 Everything else is the same for every contender: no middleware that touches the database,
 no sessions, no templates.
@@ -91,6 +93,10 @@ def _database(url: str, contender: str) -> dict[str, Any]:
 
 
 DATABASES = {"default": _database(os.environ["BENCH_DATABASE_URL"], CONTENDER)}
+for _spec in filter(None, os.environ.get("BENCH_ALIASES", "").split(",")):
+    _alias, _lease, _size = _spec.split(":")
+    DATABASES[_alias] = _database(os.environ["BENCH_DATABASE_URL"], "dbpool")
+    DATABASES[_alias]["POOL"] = {"MIN_SIZE": int(_size), "MAX_SIZE": int(_size), "LEASE": _lease}
 if CONTENDER == "dbpool":
     INSTALLED_APPS.append("django_dbpool")
     # Each benchmark run is its own throwaway directory of per-process stats.

@@ -15,8 +15,12 @@ WAIT_SECONDS = 0.05
 TEN = 10
 
 
-def _value() -> str:
-    return Item.objects.filter(pk=random.randint(1, ROWS)).values_list("value", flat=True)[0]
+def _value(using: str = "default") -> str:
+    return (
+        Item.objects.using(using)
+        .filter(pk=random.randint(1, ROWS))
+        .values_list("value", flat=True)[0]
+    )
 
 
 async def _avalue() -> str | None:
@@ -30,8 +34,10 @@ def item(request: HttpRequest) -> HttpResponse:
 
 
 def ten(request: HttpRequest) -> HttpResponse:
-    """:data:`TEN` indexed ``SELECT`` statements, one after another."""
-    return HttpResponse(" ".join(_value() for _ in range(TEN)), content_type="text/plain")
+    """:data:`TEN` indexed ``SELECT`` statements, one after another; on the database alias
+    ``?using=`` names (default: ``default``)."""
+    using = request.GET.get("using", "default")
+    return HttpResponse(" ".join(_value(using) for _ in range(TEN)), content_type="text/plain")
 
 
 def wait(request: HttpRequest) -> HttpResponse:
