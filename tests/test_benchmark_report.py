@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -149,6 +151,40 @@ def test_cpu_breakdown_sets_the_diagnostics_beside_django_dbpool_round_by_round(
     # A run without the diagnostics says nothing about them.
     plain = [row for row in rows if row["contender"] in ("persistent", "dbpool")]
     assert report.cpu_breakdown(plain) == ""
+
+
+def _leases_report() -> Any:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import leases_report
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return leases_report
+
+
+def test_cpu_ratios_of_the_lease_benchmark_are_taken_block_by_block() -> None:
+    leases_report = _leases_report()
+    # The machine slows down over the run: every contender's figures double. Block by block,
+    # transaction leases cost 1.10x, 1.02x, 1.06x, 1.04x request leases.
+    cpu = {
+        "transaction_4": [1100.0, 1530.0, 2120.0, 2600.0],
+        "request_4": [1000.0, 1500.0, 2000.0, 2500.0],
+    }
+    rows = [
+        {"contender": contender, "round": block, "cpu_us": value}
+        for contender, values in cpu.items()
+        for block, value in enumerate(values, 1)
+    ]
+    ratio = leases_report.block_ratio(rows, "transaction_4", "request_4")
+    assert ratio is not None
+    value, blocks = ratio
+    assert value == pytest.approx(1.05)  # the median of the blocks' ratios
+    assert blocks == pytest.approx([1.10, 1.02, 1.06, 1.04])
+    text = leases_report.block_text(ratio)
+    assert text == "1.050x (middle half of 4 blocks: 1.04x-1.06x)"
+    # The ratio of the medians would have been 1825 / 1750 = 1.043x: not what is reported.
+    assert leases_report.block_ratio(rows, "transaction_4", "request_8") is None
+    assert leases_report.block_text(None) == "n/a"
 
 
 def test_provenance_names_each_results_file_s_commit_or_says_it_was_not_recorded() -> None:
