@@ -4,6 +4,7 @@ number is typed by hand."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,16 @@ def test_readme_fault_table_matches_the_committed_rows() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def _report() -> Any:
+def _benchmark_module(name: str) -> Any:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import report
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    return report
+
+
+def _report() -> Any:
+    return _benchmark_module("report")
 
 
 def test_jitter_table_leaves_out_unbalanced_runs_but_counts_their_errors() -> None:
@@ -153,17 +157,8 @@ def test_cpu_breakdown_sets_the_diagnostics_beside_django_dbpool_round_by_round(
     assert report.cpu_breakdown(plain) == ""
 
 
-def _leases_report() -> Any:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import leases_report
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return leases_report
-
-
 def test_cpu_ratios_of_the_lease_benchmark_are_taken_block_by_block() -> None:
-    leases_report = _leases_report()
+    leases_report = _benchmark_module("leases_report")
     # The machine slows down over the run: every contender's figures double. Block by block,
     # transaction leases cost 1.10x, 1.02x, 1.06x, 1.04x request leases.
     cpu = {
