@@ -24,7 +24,7 @@ turns, the order reversed every other round):
    runs in fresh processes by more than the 5 % the target allows, while two phases a second
    apart see the same machine.
 
-Each scenario has an A/A pair: transaction leases twice, two identical sites (or runs), whose
+Each scenario has an A/A pair: transaction leases twice, two identical sites (or aliases), whose
 ratio is how far two measurements of the same thing come apart on this machine.
 The peak of server sessions is sampled during every HTTP measurement (warm-up included).
 MariaDB runs scenarios 1 and 3 when its URL is set.
