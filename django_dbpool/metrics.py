@@ -164,7 +164,7 @@ class PoolCollector:
             gauges = data["gauges"]
             connections.add_metric([*labels, "in_use"], gauges["in_use"])
             connections.add_metric([*labels, "idle"], gauges["idle"])
-            connections.add_metric([*labels, "parked"], gauges.get("parked", 0))
+            connections.add_metric([*labels, "parked"], gauges["parked"])
             maximum.add_metric(labels, gauges["max_size"])
             waiting.add_metric(labels, gauges["waiting"])
             processes.add_metric(labels, data["processes"])

@@ -641,17 +641,10 @@ class Pool(PoolState[C]):
             with self._lock:
                 if self._closed:
                     raise PoolClosed(f"pool {self.name!r} is closed")
-                if self._idle:
-                    slot = self._idle.pop()
-                    now = self._clock()
-                    if slot.fresh(now, self._validate_after):
-                        self._register(slot, holder, now, start)
-                        return slot.conn
-                    continue
-                if self._parked:
-                    # No idle connection: a parked one, whose holder is not running (see
+                if self._idle or self._parked:
+                    # An idle connection, else a parked one, whose holder is not running (see
                     # park()). Nobody waits while one is parked.
-                    slot = self._take_parked_locked()
+                    slot = self._idle.pop() if self._idle else self._take_parked_locked()
                     now = self._clock()
                     if slot.fresh(now, self._validate_after):
                         self._register(slot, holder, now, start)
