@@ -319,13 +319,12 @@ def run_cpu(url: str, vendor: str) -> list[dict[str, Any]]:
     found: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     rows = []
     for name in CPU_CONTENDERS:
-        figures = found["cpu_us"][name]
-        for block, cpu_us in enumerate(figures, 1):
-            rows.append({"contender": name, "round": block, "cpu_us": cpu_us, "errors": 0})
-        rows[-1]["errors"] = found["errors"][name]
+        figures, errors = found["cpu_us"][name], found["errors"][name]
+        for block, (cpu_us, failed) in enumerate(zip(figures, errors, strict=True), 1):
+            rows.append({"contender": name, "round": block, "cpu_us": cpu_us, "errors": failed})
         print(
             f"  {vendor} cpu: {name:>16} {statistics.median(figures):7.0f} µs CPU per request"
-            f" (median of {len(figures)} blocks), errors {found['errors'][name]}",
+            f" (median of {len(figures)} blocks), errors {sum(errors)}",
             flush=True,
         )
     return rows

@@ -43,17 +43,17 @@ def balanced(data: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str,
 
 
 def ratio_of_medians(
-    rows: list[dict[str, Any]], a: str, b: str, key: str = "rps"
+    rows: list[dict[str, Any]], a: str, b: str
 ) -> tuple[float, list[float]] | None:
-    """``a``'s median ``key`` over ``b``'s, and the single rounds' ratios; None when either
-    has no row."""
+    """``a``'s median requests per second over ``b``'s, and the single rounds' ratios; None
+    when either has no row."""
     ra, rb = by(rows, contender=a), by(rows, contender=b)
     if not ra or not rb:
         return None
     rounds = []
     for rnd in sorted({row["round"] for row in ra} & {row["round"] for row in rb}):
-        rounds.append(by(ra, round=rnd)[0][key] / by(rb, round=rnd)[0][key])
-    return median([r[key] for r in ra]) / median([r[key] for r in rb]), rounds
+        rounds.append(by(ra, round=rnd)[0]["rps"] / by(rb, round=rnd)[0]["rps"])
+    return median([r["rps"] for r in ra]) / median([r["rps"] for r in rb]), rounds
 
 
 def ratio_text(ratio: tuple[float, list[float]] | None) -> str:

@@ -82,7 +82,7 @@ def caller(path: str) -> Callable[[str], bool]:
 
     app = get_wsgi_application()
 
-    def call(query: str = "") -> bool:
+    def call(query: str) -> bool:
         statuses: list[str] = []
 
         def start_response(
@@ -113,10 +113,10 @@ def run_in_this_process(
 
     def worker(i: int) -> None:
         for _ in range(warmup):
-            call()
+            call("")
         start.wait()
         for _ in range(requests // THREADS):
-            if not call():
+            if not call(""):
                 errors[i] += 1
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
@@ -137,13 +137,14 @@ def run_interleaved(
     """Contenders that are database aliases of this process take turns in short phases:
     in each of ``blocks`` blocks, for each alias (the order reversed every other block),
     :data:`THREADS` threads call ``path?using=<alias>`` ``per_thread`` times each; the
-    process's CPU time per request of each phase, by alias (``cpu_us``, one figure per
-    block), and the failed requests. Phases a second apart see the same machine: the ratio
-    of two aliases' figures in one block measures the code, not the machine's drift between
-    runs. Each alias serves ``warmup`` requests per thread first, uncounted."""
+    process's CPU time per request of each phase and its failed requests, by alias
+    (``cpu_us`` and ``errors``, one figure per block). Phases a second apart see the same
+    machine: the ratio of two aliases' figures in one block measures the code, not the
+    machine's drift between runs. Each alias serves ``warmup`` requests per thread first,
+    uncounted."""
     call = caller(path)
-    phase: dict[str, Any] = {"alias": None, "count": 0}
-    failed: list[str] = []
+    phase: dict[str, Any] = {"alias": None, "count": 0, "block": -1}
+    failed: list[tuple[str, int]] = []  # (alias, block) of each failed request
     start = threading.Barrier(THREADS + 1)
     done = threading.Barrier(THREADS + 1)
 
@@ -151,13 +152,13 @@ def run_interleaved(
         try:
             while True:
                 start.wait()
-                alias, count = phase["alias"], phase["count"]
+                alias, count, block = phase["alias"], phase["count"], phase["block"]
                 if alias is None:
                     return
                 query = f"using={alias}"
                 for _ in range(count):
                     if not call(query):
-                        failed.append(alias)
+                        failed.append((alias, block))
                 done.wait()
         except BaseException:
             # The other threads and the main one stop waiting for this one.
@@ -165,8 +166,8 @@ def run_interleaved(
             done.abort()
             raise
 
-    def run_phase(alias: str | None, count: int) -> float:
-        phase["alias"], phase["count"] = alias, count
+    def run_phase(alias: str | None, count: int, block: int = -1) -> float:
+        phase["alias"], phase["count"], phase["block"] = alias, count, block
         gc.collect()  # the garbage of one phase is not collected in the next one's time
         cpu = time.process_time()
         start.wait()
@@ -182,12 +183,12 @@ def run_interleaved(
     cpu: dict[str, list[float]] = {alias: [] for alias in aliases}
     for block in range(blocks):
         for alias in aliases if block % 2 == 0 else aliases[::-1]:
-            spent = run_phase(alias, per_thread)
+            spent = run_phase(alias, per_thread, block)
             cpu[alias].append(spent / (per_thread * THREADS) * 1e6)
     run_phase(None, 0)
     for thread in threads:
         thread.join()
-    errors = {alias: failed.count(alias) for alias in aliases}
+    errors = {alias: [failed.count((alias, block)) for block in range(blocks)] for alias in aliases}
     return {"cpu_us": cpu, "errors": errors}
 
 

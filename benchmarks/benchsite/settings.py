@@ -9,7 +9,7 @@
 - ``BENCH_BOUND_SCOPE``: how long the "bound" contender keeps a place, ``request`` (default)
   or ``statement`` (see ``benchsite.bounded``).
 - ``BENCH_ALIASES``: more django_dbpool aliases on the same database, for views that take
-  ``?using=``: ``alias:LEASE:MAX_SIZE`` separated by commas (``lease_cpu.py``).
+  ``?using=``: ``alias:LEASE:MAX_SIZE`` separated by commas (``leases.py``'s CPU scenario).
 
 Everything else is the same for every contender: no middleware that touches the database,
 no sessions, no templates.
