@@ -345,6 +345,37 @@ def site_environment(
     }
 
 
+def run_site_script(
+    script: str,
+    flag: str,
+    database_url: str,
+    contender: str,
+    pool_size: int,
+    timeout: float,
+    extra: Mapping[str, str] | None = None,
+) -> Any:
+    """Run ``script flag`` in a fresh process with ``benchsite``'s settings for ``contender``
+    (:func:`site_environment`, with a throwaway stats directory) and return what the JSON
+    on its last line of output holds. ``RuntimeError`` with the end of its standard error if
+    it fails."""
+    stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
+    try:
+        result = subprocess.run(
+            [sys.executable, script, flag],
+            env=site_environment(database_url, contender, pool_size, stats_dir, extra),
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(stats_dir, ignore_errors=True)
+    if result.returncode:
+        raise RuntimeError(f"{script} {flag} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 #: uvicorn's workers for the ASGI site, as many as gunicorn's.
 ASGI_WORKERS = 2
 

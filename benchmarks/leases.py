@@ -46,11 +46,8 @@ import functools
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -294,29 +291,15 @@ def run_cpu(url: str, vendor: str) -> list[dict[str, Any]]:
     aliases = ",".join(
         f"{name}:{CONTENDERS[name].lease}:{CONTENDERS[name].pool_size}" for name in CPU_CONTENDERS
     )
-    stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
-    try:
-        env = harness.site_environment(
-            harness.contender_database(url, "cpu"),
-            "dbpool",
-            harness.POOL_SIZE,
-            stats_dir,
-            {"BENCH_ALIASES": aliases},
-        )
-        result = subprocess.run(
-            [sys.executable, __file__, "--cpu-run"],
-            env=env,
-            cwd=harness.HERE,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-        )
-    finally:
-        shutil.rmtree(stats_dir, ignore_errors=True)
-    if result.returncode:
-        raise RuntimeError(f"the CPU run failed:\n{result.stderr[-3000:]}")
-    found: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    found: dict[str, Any] = harness.run_site_script(
+        __file__,
+        "--cpu-run",
+        harness.contender_database(url, "cpu"),
+        "dbpool",
+        harness.POOL_SIZE,
+        RUN_TIMEOUT,
+        {"BENCH_ALIASES": aliases},
+    )
     rows = []
     for name in CPU_CONTENDERS:
         figures, errors = found["cpu_us"][name], found["errors"][name]

@@ -28,10 +28,7 @@ import io
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -195,22 +192,12 @@ def run_interleaved(
 def measure(url: str, contender: str) -> dict[str, Any]:
     """One run of ``contender`` on ``url`` in a fresh process."""
     site_contender, pool_size = DIAGNOSTIC.get(contender, (contender, POOL_SIZE))
-    stats_dir = tempfile.mkdtemp(prefix="bench-stats-")
     try:
-        result = subprocess.run(
-            [sys.executable, __file__, "--run"],
-            env=harness.site_environment(url, site_contender, pool_size, stats_dir),
-            cwd=harness.HERE,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
+        row: dict[str, Any] = harness.run_site_script(
+            __file__, "--run", url, site_contender, pool_size, RUN_TIMEOUT
         )
-    finally:
-        shutil.rmtree(stats_dir, ignore_errors=True)
-    if result.returncode:
-        raise SystemExit(f"{contender}: the run failed:\n{result.stderr}")
-    row: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    except RuntimeError as exc:
+        raise SystemExit(f"{contender}: {exc}") from None
     return row
 
 
