@@ -358,9 +358,7 @@ def environment(elapsed_s: int) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if argv[1:2] == ["--cpu-run"]:
-        import django
-
-        django.setup()
+        # Django is set up by the WSGI handler run_interleaved makes.
         found = request_cpu.run_interleaved(
             CPU_PATH, list(CPU_CONTENDERS), CPU_BLOCKS, CPU_PER_THREAD, CPU_WARMUP
         )
