@@ -180,7 +180,7 @@ class PooledWrapperMixin(LeasingMixin, OpeningMixin, CursorsMixin):
         self.errors_occurred = False
         self.health_check_done = True
         entry = self._dbpool_entry()
-        self.connection = self._dbpool_checkout(entry.pool)
+        connection = self.connection = self._dbpool_checkout(entry.pool)
         options = entry.alias_options
         self._dbpool_start_leasing(options.lease == "transaction", options.session_sql)
         # No release point until connect() is done (a connection_created receiver's query).
@@ -196,6 +196,7 @@ class PooledWrapperMixin(LeasingMixin, OpeningMixin, CursorsMixin):
             connection_created.send(sender=self.__class__, connection=self)
         finally:
             self._dbpool_connecting = False
+        connection.dbpool_created_sent = True
         self.run_on_commit = []
 
     def init_connection_state(self) -> None:

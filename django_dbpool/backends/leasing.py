@@ -23,7 +23,9 @@ connection is parked too (``Pool.park()``): the next lease takes it back with
 ``Pool.acquire()``, which gives the thread back the connection it used last when that one
 is idle. ``close()`` gives a parked connection back for good (``Pool.end_park()``).
 ``connect()``, and with it ``connection_created``, runs once per logical connection: at the
-first statement after ``close()``.
+first statement after ``close()``. A lease that gets a connection never seen by
+``connection_created`` sends it too (receivers that set up the driver's connection must see
+every one).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 
 from ..leases import SessionStatementError
@@ -317,6 +320,22 @@ class LeasingMixin(_Base):
         self._dbpool_parked = False
         self._dbpool_lease_thread = threading.get_ident()
         self._dbpool_pins_counted = 0
+        if not getattr(connection, "dbpool_created_sent", False):
+            self._dbpool_send_created(connection)
+
+    def _dbpool_send_created(self, connection: Any) -> None:
+        # Off the hot path: a lease gave this logical connection a connection that has never
+        # been through connection_created (opened by the pool and handed out by a lease
+        # first, not by connect()). Receivers that set up the driver's connection rather
+        # than the session (django.contrib.postgres registers its hstore and citext types
+        # on it) must see every connection a statement runs on. Once per connection: the
+        # next request's connect() sends the signal again anyway.
+        self._dbpool_connecting = True
+        try:
+            connection_created.send(sender=self.__class__, connection=self)
+        finally:
+            self._dbpool_connecting = False
+        connection.dbpool_created_sent = True
 
     def close(self) -> None:
         super().close()

@@ -164,6 +164,103 @@ def test_close_ends_the_logical_connection_and_connection_created_fires_once_per
     assert in_use() == 0
 
 
+def fresh_connections() -> None:
+    """Close every connection of the alias's pool (they have been through connection_created
+    in earlier tests): the next ones it hands out are new."""
+    pool = connections[ALIAS].pool
+    held = [pool.acquire(), pool.acquire()]  # MAX_SIZE 2
+    for connection in held:
+        pool.release(connection, broken=True)
+
+
+def take_the_parked_one() -> Any:
+    """Check out, as another caller, both connections of the alias's pool, the one the lease
+    alias parked among them (the pool opens the other if it has only that one), and give the
+    other back idle: the next lease cannot resume its parked connection and gets the other.
+    Returns the parked one, still checked out."""
+    pool = connections[ALIAS].pool
+    parked = connections[ALIAS]._dbpool_last[0]
+    held = [pool.acquire(), pool.acquire()]
+    assert parked in held
+    pool.release(next(c for c in held if c is not parked))
+    return parked
+
+
+def test_connection_created_reaches_every_connection_a_statement_runs_on() -> None:
+    # A receiver that sets up the driver's connection (django.contrib.postgres registers its
+    # types so) must see every connection a statement runs on, including one that a later
+    # lease, not connect(), hands out first.
+    fresh_connections()
+    introduced: list[int] = []
+
+    def created(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if connection.alias == ALIAS:
+            introduced.append(session_id())
+
+    connection_created.connect(created)
+    pool = connections[ALIAS].pool
+    kept_out: list[Any] = []
+    try:
+        first = session_id()  # connect(): the request's first statement
+        assert introduced == [first]
+        kept_out.append(take_the_parked_one())  # leaves a new connection idle
+        second = session_id()
+        assert second != first
+        assert introduced == [first, second]  # sent for the new one, before the statement
+        assert in_use() == 1  # the receiver's own query did not pin the lease
+        pool.release(kept_out.pop())
+        # Once per connection: a lease that gets the first one back sends nothing.
+        kept_out.append(take_the_parked_one())
+        assert session_id() == first
+        assert introduced == [first, second]
+    finally:
+        connection_created.disconnect(created)
+        for connection in kept_out:
+            pool.release(connection)
+    assert in_use() == 0
+
+
+def test_django_contrib_postgres_types_on_a_connection_a_lease_hands_out_first() -> None:
+    wrapper = connections[ALIAS]
+    if wrapper.vendor != "postgresql":
+        pytest.skip("django.contrib.postgres: PostgreSQL only")
+    from django.contrib.postgres.signals import (
+        get_citext_oids,
+        get_hstore_oids,
+        register_type_handlers,
+    )
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("CREATE EXTENSION IF NOT EXISTS hstore")
+    get_hstore_oids.cache_clear()
+    fresh_connections()
+    connection_created.connect(register_type_handlers)  # as the app's ready() does
+    pool = wrapper.pool
+    kept_out: list[Any] = []
+    try:
+
+        def hstore() -> Any:
+            with wrapper.cursor() as cursor:
+                cursor.execute("SELECT 'a=>1'::hstore")
+                return cursor.fetchone()[0]
+
+        assert hstore() == {"a": "1"}
+        kept_out.append(take_the_parked_one())
+        # Without connection_created for the new connection, psycopg would return the text
+        # '"a"=>"1"' here: HStoreField values as strings on some statements and not others.
+        assert hstore() == {"a": "1"}
+    finally:
+        connection_created.disconnect(register_type_handlers)
+        for connection in kept_out:
+            pool.release(connection)
+        wrapper.close()
+        get_hstore_oids.cache_clear()
+        get_citext_oids.cache_clear()
+        with connections["default"].cursor() as cursor:
+            cursor.execute("DROP EXTENSION IF EXISTS hstore")
+    assert in_use() == 0
+
+
 # -- pins -------------------------------------------------------------------------------------
 
 
