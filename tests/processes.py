@@ -71,13 +71,14 @@ def raw_query(sql: str) -> list[tuple[Any, ...]]:
 
 
 def app_sessions_sql(sleeping: bool = False) -> str:
-    """The query that counts the sessions on the real database other than the one asking;
-    with ``sleeping``, only those running a sleep (the example project's slow report): a
-    request that is in its view, not just connected."""
+    """The query that counts the client sessions on the real database other than the one
+    asking (on PostgreSQL an autovacuum worker shows there too while it works on it); with
+    ``sleeping``, only those running a sleep (the example project's slow report): a request
+    that is in its view, not just connected."""
     if settings.DATABASE_VENDOR == "postgresql":
         sql = (
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid()"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
         )
         if sleeping:
             sql += " AND state = 'active' AND query ILIKE '%pg_sleep(%'"

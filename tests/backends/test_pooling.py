@@ -62,7 +62,7 @@ def server_sessions() -> set[int]:
         if connection.vendor == "postgresql":
             cursor.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid()"
+                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
             )
         else:
             cursor.execute(
