@@ -103,10 +103,10 @@ class Housekeeper(Generic[C]):
                     pool._leaks += 1
                     leaks.append((holder, now - slot.acquired_at))
             pool._orphans += len(orphans)
-            if pool._retiring and not pool._out and not pool._waiters:
-                # Retiring, and the last connection out did not come back through release()
-                # (its thread exited: reclaimed below, and closed then): nothing stays idle.
-                retired += pool._take_idle_locked()
+            # Retiring, and the last connection in use did not come back through release()
+            # (parked for a tick, or its thread exited: reclaimed below, and closed then):
+            # nothing stays idle.
+            retired += pool._retired_locked()
             pool._wake_connector_locked()
         for slot in retired:
             pool._close_slot(slot, "shutdown")

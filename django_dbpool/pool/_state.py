@@ -156,14 +156,14 @@ class PoolState(Generic[C]):
 
     def _put_locked(self, slot: Slot[C], now: float) -> bool:
         # Hands an owned, usable slot to the oldest waiter, else makes it idle at its place in
-        # last-used order. False if the pool is closed, or retiring with nothing checked out:
-        # the caller must close the slot.
+        # last-used order. False if the pool is closed, or retiring with nothing in use: the
+        # caller must close the slot, and what _retired_locked() returns.
         if self._closed:
             return False
         if self._waiters:
             self._serve_oldest_locked(slot, now)
             return True
-        if self._retiring and not self._out:
+        if self._retiring and not self._out and not self._parked:
             return False  # nothing in use: back to the server (see Pool.retire)
         idle = self._idle
         i = len(idle)
@@ -171,6 +171,14 @@ class PoolState(Generic[C]):
             i -= 1
         idle.insert(i, slot)
         return True
+
+    def _retired_locked(self) -> list[Slot[C]]:
+        # Retiring, with nothing in use any more (checked out or parked) and nobody waiting:
+        # every idle connection goes back to the server (see Pool.retire). Empties the idle
+        # list; the caller closes what it returns, off the lock.
+        if self._retiring and not self._out and not self._parked and not self._waiters:
+            return self._take_idle_locked()
+        return []
 
     def _take_parked_locked(self) -> Slot[C]:
         # Takes the connection parked longest from its holder (there is one).

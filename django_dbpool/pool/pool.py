@@ -174,10 +174,10 @@ class Pool(PoolState[C]):
                     slot.last_used = slot.last_ok = now
                     waiters = self._waiters
                     if not waiters:
-                        if not self._retiring or self._out:
+                        if not self._retiring or self._out or self._parked:
                             self._idle.append(slot)
                             return
-                        # Retiring and this was the last one out: it goes back to the
+                        # Retiring and this was the last one in use: it goes back to the
                         # server, and every idle one with it (see retire()).
                         reason = "shutdown"
                     elif waiters[0].passed >= MAX_PASSES:
@@ -199,8 +199,7 @@ class Pool(PoolState[C]):
                     reason = "lifetime"
                 elif reason == "broken":
                     self._mark_suspects_locked(slot.created)
-                if self._retiring and not self._out and not self._waiters:
-                    retired = self._take_idle_locked()
+                retired = self._retired_locked()
         if slot is None:
             self._release_unknown(conn)
             return
@@ -225,9 +224,10 @@ class Pool(PoolState[C]):
           its next statement at once has taken its connection back first;
         - the housekeeper makes a connection parked for a whole tick idle again.
 
-        A connection that needs a reset or has reached its lifetime, or a pool that is closed
-        or retiring, is released instead too. Raises as :meth:`release` for a connection not
-        checked out here.
+        A connection that needs a reset or has reached its lifetime, or a pool that is
+        closed, is released instead too. While the pool retires, a parked connection counts
+        as in use (its holder's request is still running). Raises as :meth:`release` for a
+        connection not checked out here.
         """
         try:
             needs_reset = self._adapter.needs_reset(conn)
@@ -242,7 +242,6 @@ class Pool(PoolState[C]):
                     and not self._waiters
                     and now < slot.expires
                     and not self._closed
-                    and not self._retiring
                 ):
                     del self._out[id(conn)]
                     self._hold_hist.observe(now - slot.acquired_at)
@@ -274,6 +273,9 @@ class Pool(PoolState[C]):
                 self._out[id(conn)] = slot
                 self._acquired += 1
                 return True
+            retired = self._retired_locked()
+        for other in retired:
+            self._close_slot(other, "shutdown")
         self._close_slot(slot, "lifetime")
         return False
 
@@ -287,6 +289,9 @@ class Pool(PoolState[C]):
             del self._parked[id(conn)]
             if self._put_locked(slot, self._clock()):
                 return
+            retired = self._retired_locked()
+        for other in retired:
+            self._close_slot(other, "shutdown")
         self._close_slot(slot, "shutdown")
 
     def probe(self, conn: C) -> None:
@@ -419,17 +424,18 @@ class Pool(PoolState[C]):
         schedule rather than through :meth:`close` (uvicorn, say, kills itself with the
         signal it caught once its requests are done, which skips ``atexit``). Idempotent.
 
-        From this call on, the pool keeps idle connections only while another is checked
-        out (a request still running will likely want one): when the last checked-out
-        connection comes back and no caller waits, it is closed, and every idle one with it.
-        Nothing in flight is refused a connection: a checkout that finds none idle opens one
-        as usual. ``MIN_SIZE`` is no longer kept up. Closed connections count as
+        From this call on, the pool keeps idle connections only while another is in use,
+        checked out or parked (a request still running will likely want one; with
+        transaction leases its connection is parked between statements): when the last
+        connection in use comes back and no caller waits, it is closed, and every idle one
+        with it. Nothing in flight is refused a connection: a checkout that finds none idle
+        opens one as usual. ``MIN_SIZE`` is no longer kept up. Closed connections count as
         ``closed["shutdown"]``. Returns how many idle connections this call closed (all of
-        them when none is checked out, else none).
+        them when none is in use, else none).
         """
         with self._lock:
             self._retiring = True
-            idle = [] if self._out or self._closed else self._take_idle_locked()
+            idle = self._retired_locked()
         for slot in idle:
             self._close_slot(slot, "shutdown")
         return len(idle)

@@ -168,24 +168,67 @@ def test_end_park_gives_a_parked_connection_back_and_leaves_a_taken_one_alone():
         holder.finish()
 
 
-def test_close_and_retire_close_parked_connections():
-    pool, _ = make_pool(MAX_SIZE=2)
-    conn = pool.acquire(timeout=10)
-    pool.park(conn)
-    assert pool.retire() == 1
-    assert conn.closed
-    assert not pool.unpark(conn)
-    other = pool.acquire(timeout=10)
-    pool.park(other)  # retiring, the last one out: released, and closed
-    assert other.closed
-    assert pool.stats().parked == 0
-
+def test_close_closes_parked_connections():
     pool, _ = make_pool(MAX_SIZE=2)
     conn = pool.acquire(timeout=10)
     pool.park(conn)
     pool.close(timeout=0)
     assert conn.closed
     assert not pool.unpark(conn)
+
+
+def test_while_retiring_a_parked_connection_is_in_use_and_goes_with_the_last_one():
+    # With transaction leases a request's connection is parked between its statements: a
+    # retiring pool that closed it would have the request's next statement open another
+    # one, which the process's exit might cut off mid-connect.
+    pool, driver = make_pool(MAX_SIZE=3)
+    with closing(pool):
+        parked, out, idle = (pool.acquire(timeout=10) for _ in range(3))
+        pool.release(idle)
+        pool.park(parked)
+        assert pool.retire() == 0  # in use: parked, and one checked out
+        pool.release(out)
+        assert [parked.closed, out.closed, idle.closed] == [False, False, False]
+        assert pool.unpark(parked)  # the request's next statement: no new connection
+        assert driver.connect_attempts == 3
+        pool.park(parked)  # parks while retiring too
+        assert pool.stats().parked == 1
+        pool.end_park(parked)  # the request ends: the last in use, and every idle one
+        assert [parked.closed, out.closed, idle.closed] == [True, True, True]
+        stats = pool.stats()
+        assert (stats.size, stats.idle, stats.parked, stats.in_use) == (0, 0, 0, 0)
+        assert stats.closed["shutdown"] == 3
+
+
+def test_while_retiring_the_last_parked_connection_goes_back_with_the_idle_ones(
+    manual_housekeeping: None,
+) -> None:
+    clock = FakeClock()
+    pool, _ = make_pool(clock=clock, MAX_SIZE=2)
+    with closing(pool):
+        parked, idle = pool.acquire(timeout=10), pool.acquire(timeout=10)
+        pool.release(idle)
+        pool.park(parked)
+        assert pool.retire() == 0
+        # Its holder never came back (a thread that does not end its lease): parked for a
+        # whole tick, it is idle again, and nothing is in use any more.
+        clock.advance(pool._housekeeper.tick)
+        pool._housekeeper.run_once()
+        assert [parked.closed, idle.closed] == [True, True]
+        assert pool.stats().size == 0
+
+    # A lifetime reached while parked closes it, and the idle ones with it.
+    clock = FakeClock()
+    pool, _ = make_pool(clock=clock, MAX_SIZE=2, MAX_LIFETIME=10)
+    with closing(pool):
+        parked, idle = pool.acquire(timeout=10), pool.acquire(timeout=10)
+        pool.release(idle)
+        pool.park(parked)
+        pool.retire()
+        clock.advance(11)
+        assert not pool.unpark(parked)
+        assert [parked.closed, idle.closed] == [True, True]
+        assert pool.stats().size == 0
 
 
 def test_while_callers_wait_a_park_is_a_release_and_nothing_stays_parked(
