@@ -306,6 +306,7 @@ class LeasingMixin(_Base):
         recent = last if time.monotonic() - released_at < RECHECK_AFTER else None
         pool, self._dbpool_park_pool = self._dbpool_park_pool, None
         connection = None
+        unseen = False
         if pool is not None and pool.unpark(last):
             if recent is None and last.dbpool_closed_by_server():
                 pool.release(last, broken=True)
@@ -316,11 +317,13 @@ class LeasingMixin(_Base):
                 self.dbpool_broken = False
         if connection is None:
             connection = self._dbpool_checkout(self._dbpool_pool(), recent)
+            # The connection resumed above is one this logical connection had: seen.
+            unseen = not getattr(connection, "dbpool_created_sent", False)
         self._dbpool_conn = connection
         self._dbpool_parked = False
         self._dbpool_lease_thread = threading.get_ident()
         self._dbpool_pins_counted = 0
-        if not getattr(connection, "dbpool_created_sent", False):
+        if unseen:
             self._dbpool_send_created(connection)
 
     def _dbpool_send_created(self, connection: Any) -> None:
