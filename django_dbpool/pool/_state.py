@@ -163,7 +163,7 @@ class PoolState(Generic[C]):
         if self._waiters:
             self._serve_oldest_locked(slot, now)
             return True
-        if self._retiring and not self._out and not self._parked:
+        if self._retiring and not self._in_use_locked():
             return False  # nothing in use: back to the server (see Pool.retire)
         idle = self._idle
         i = len(idle)
@@ -172,11 +172,15 @@ class PoolState(Generic[C]):
         idle.insert(i, slot)
         return True
 
+    def _in_use_locked(self) -> bool:
+        # Checked out, or parked between two leases of a holder that is still running.
+        return bool(self._out or self._parked)
+
     def _retired_locked(self) -> list[Slot[C]]:
-        # Retiring, with nothing in use any more (checked out or parked) and nobody waiting:
-        # every idle connection goes back to the server (see Pool.retire). Empties the idle
-        # list; the caller closes what it returns, off the lock.
-        if self._retiring and not self._out and not self._parked and not self._waiters:
+        # Retiring, with nothing in use any more and nobody waiting: every idle connection
+        # goes back to the server (see Pool.retire). Empties the idle list; the caller
+        # closes what it returns, off the lock.
+        if self._retiring and not self._waiters and not self._in_use_locked():
             return self._take_idle_locked()
         return []
 

@@ -174,7 +174,7 @@ class Pool(PoolState[C]):
                     slot.last_used = slot.last_ok = now
                     waiters = self._waiters
                     if not waiters:
-                        if not self._retiring or self._out or self._parked:
+                        if not self._retiring or self._in_use_locked():
                             self._idle.append(slot)
                             return
                         # Retiring and this was the last one in use: it goes back to the
